@@ -1,0 +1,107 @@
+"""Matrix products: ``matmul`` (batched, broadcasting) and ``linear``.
+
+For y = a @ b the gradients are  da = gy @ b^T  and  db = a^T @ gy  (transposes of
+the last two dims).  When a batched ``a`` meets a plain matrix ``b`` (a layer
+applied to (B, T, D) tokens), ``db`` is computed as one large matrix product over
+the flattened batch instead of a stack of products that the engine would then
+have to sum: same numbers, one BLAS call.
+"""
+from __future__ import annotations
+
+from ..autograd import Function
+from .shape import reshape, transpose
+
+__all__ = ["matmul", "linear"]
+
+
+def _mT(x):
+    """Swap the last two dims of a tensor."""
+    return transpose(x, -1, -2)
+
+
+class MatMul(Function):
+    """y = a @ b, with NumPy's rules for 1-D operands and batch broadcasting.
+
+    Shapes: a (..., M, K), b (..., K, N) -> y (..., M, N).
+    """
+
+    def forward(self, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError("matmul: operands must have at least one dimension; use mul for scalars")
+        ka = a.shape[-1]
+        kb = b.shape[-2] if b.ndim > 1 else b.shape[0]
+        if ka != kb:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match "
+                             f"(inner dimensions {ka} and {kb})")
+        return a @ b
+
+    def backward(self, gy):
+        a, b = self.inputs
+        # Treat 1-D operands as matrices so one rule covers every case.
+        a2 = reshape(a, (1,) + a.shape) if a.ndim == 1 else a
+        b2 = reshape(b, b.shape + (1,)) if b.ndim == 1 else b
+        gy2 = gy
+        if a.ndim == 1:
+            gy2 = reshape(gy2, gy2.shape[:-1] + (1,) + gy2.shape[-1:]) if b.ndim > 1 else reshape(gy2, (1,))
+        if b.ndim == 1:
+            gy2 = reshape(gy2, gy2.shape + (1,))
+        if a.ndim == 1 and b.ndim == 1:
+            gy2 = reshape(gy, (1, 1))
+
+        ga = gb = None
+        if a.requires_grad:
+            ga = gy2 @ _mT(b2)
+            if a.ndim == 1:
+                ga = reshape(ga, ga.shape[:-2] + ga.shape[-1:])
+        if b.requires_grad:
+            if b2.ndim == 2 and a2.ndim > 2:  # a shared matrix: one big product
+                k, m = a2.shape[-1], gy2.shape[-1]
+                gb = _mT(reshape(a2, (-1, k))) @ reshape(gy2, (-1, m))
+            else:
+                gb = _mT(a2) @ gy2
+            if b.ndim == 1:
+                gb = reshape(gb, gb.shape[:-1])
+        return ga, gb
+
+
+def matmul(a, b):
+    return MatMul()(a, b)
+
+
+class Linear(Function):
+    """y = x W^T + b, the fully connected layer.
+
+    Shapes: x (..., in), W (out, in), b (out,) -> y (..., out).
+    Gradients: dx = gy W,  dW = gy^T x (over all leading dims),  db = sum gy.
+    """
+
+    def forward(self, x, W, b=None):
+        if x.shape[-1] != W.shape[1]:
+            raise ValueError(f"linear: input has {x.shape[-1]} features (shape {x.shape}) but the "
+                             f"weight expects {W.shape[1]} (weight shape {W.shape})")
+        y = x @ W.T
+        if b is not None:
+            y += b
+        return y
+
+    def backward(self, gy):
+        x, W = self.inputs[0], self.inputs[1]
+        gx = gy @ W if x.requires_grad else None
+        gW = None
+        if W.requires_grad:
+            x2 = reshape(x, (-1, x.shape[-1]))
+            gy2 = reshape(gy, (-1, gy.shape[-1]))
+            gW = _mT(gy2) @ x2
+        if len(self.inputs) == 2:
+            return gx, gW
+        gb = None
+        if self.inputs[2].requires_grad:
+            gb = reshape(gy, (-1, gy.shape[-1])).sum(0)
+        return gx, gW, gb
+
+
+def linear(x, weight, bias=None):
+    """``x @ weight.T + bias``; weight is (out_features, in_features) as in PyTorch."""
+    if bias is None:
+        return Linear()(x, weight)
+    return Linear()(x, weight, bias)
