@@ -1,2 +1,178 @@
-"""(being written: see functional/__init__.py for what goes here)."""
-__all__ = []
+"""Scaled dot-product attention (Vaswani et al. 2017, "Attention is all you need").
+
+    attention(Q, K, V) = softmax(Q K^T * scale + mask) V,      scale = 1/sqrt(E) by default
+
+Each of the L queries takes a weighted average of the S values; the weights are
+a softmax over how well the query matches each key.  Transformer blocks (the DiT
+of notes §5.6) run it per head on (B, heads, tokens, head_dim) tensors; the
+UNet's attention block runs it over the pixels of a feature map.
+
+``scaled_dot_product_attention`` follows PyTorch's function of the same name:
+boolean masks say which keys take part (True = attend), float masks are added to
+the scores, ``is_causal`` lets query i see keys 0..i only.  The whole thing is one
+fused ``Function``, so a forward allocates just the score matrix and the output,
+and the backward is the closed form below instead of a chain of recorded ops.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..autograd import Function, Tensor, is_grad_enabled
+from .. import backend
+from .linalg import matmul
+from .math import exp, sum
+from .shape import transpose
+
+__all__ = ["scaled_dot_product_attention"]
+
+
+def _mT(x):
+    """Swap the last two dims."""
+    return transpose(x, -1, -2)
+
+
+class ScaledDotProductAttention(Function):
+    """y = dropout(P) V,   P = softmax(S) along the keys,   S = Q K^T * scale + bias.
+
+    Shapes: q (..., L, E), k (..., S, E), v (..., S, Ev), optional additive bias
+    broadcastable to (..., L, S) (a float mask; -inf removes a key)  ->  y (..., L, Ev).
+    A query whose keys are all removed gets weights 0 and output 0 (as PyTorch).
+
+    Backward, with D the dropout keep mask scaled by 1/(1-p) (1 without dropout):
+
+        dV = (P*D)^T dY,   dP = (dY V^T) * D,   dS = P * (dP - sum_keys(dP * P)),
+        dQ = dS K * scale,   dK = dS^T Q * scale,   dbias = dS.
+
+    Second derivatives are exact: under ``create_graph=True`` P is recomputed
+    from q, k (and the bias) with minigen ops, so the formula above is recorded
+    and can be differentiated; otherwise the P saved by the forward is used as a
+    constant.  The dropout mask is a constant either way.
+    """
+
+    def __init__(self, scale, keep):
+        self.scale = scale
+        self.keep = keep  # scaled dropout keep mask (array) or None
+
+    def forward(self, q, k, v, bias=None):
+        xp = backend.xp_of(q)
+        s = q @ k.swapaxes(-1, -2)  # (..., L, S)
+        s *= q.dtype.type(self.scale)
+        if bias is not None:
+            s += bias
+        # Stable softmax: subtract each row's max so every exponent is <= 0.  A row
+        # masked out entirely has max -inf; shifting it by 0 keeps exp(-inf) = 0
+        # instead of -inf - (-inf) = nan.
+        m = s.max(axis=-1, keepdims=True)
+        s -= xp.where(xp.isfinite(m), m, 0)
+        xp.exp(s, out=s)
+        total = s.sum(axis=-1, keepdims=True)
+        self.empty = total == 0  # rows with no key left
+        s /= xp.where(self.empty, 1, total)
+        self.p = s
+        return (s * self.keep if self.keep is not None else s) @ v
+
+    def _probs(self):
+        """P as a tensor: recorded from q, k, bias under create_graph, else the saved array."""
+        if not is_grad_enabled():
+            return Tensor(self.p)
+        q, k = self.inputs[0], self.inputs[1]
+        s = matmul(q, _mT(k)) * self.scale
+        if len(self.inputs) > 3:
+            s = s + self.inputs[3]
+        # The shift is a constant (P does not depend on it), so derivatives are unaffected.
+        xp = backend.xp_of(self.p)
+        m = s.data.max(axis=-1, keepdims=True)
+        e = exp(s - Tensor(xp.where(xp.isfinite(m), m, 0)))
+        return e / (sum(e, -1, keepdim=True) + Tensor(self.empty.astype(self.p.dtype)))
+
+    def backward(self, gy):
+        q, k, v = self.inputs[:3]
+        p = self._probs()
+        keep = Tensor(self.keep) if self.keep is not None else None
+        pd = p * keep if keep is not None else p
+        gq = gk = gv = gbias = None
+        if v.requires_grad:
+            gv = matmul(_mT(pd), gy)
+        wants_s = q.requires_grad or k.requires_grad or (len(self.inputs) > 3 and self.inputs[3].requires_grad)
+        if wants_s:
+            gp = matmul(gy, _mT(v))
+            if keep is not None:
+                gp = gp * keep
+            gs = p * (gp - sum(gp * p, -1, keepdim=True))
+            if q.requires_grad:
+                gq = matmul(gs, k) * self.scale
+            if k.requires_grad:
+                gk = matmul(_mT(gs), q) * self.scale
+            if len(self.inputs) > 3 and self.inputs[3].requires_grad:
+                gbias = gs
+        return (gq, gk, gv) + ((gbias,) if len(self.inputs) > 3 else ())
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                 scale=None, generator=None):
+    """softmax(query key^T * scale + mask) value, with PyTorch's arguments.
+
+    query (..., L, E), key (..., S, E), value (..., S, Ev) -> (..., L, Ev); the
+    leading dims broadcast.  attn_mask broadcastable to (..., L, S): boolean (True
+    = the key takes part) or float (added to the scores; may require grad).
+    is_causal: query i attends to keys 0..i (top-left aligned, as PyTorch).
+    scale: default 1/sqrt(E).  dropout_p: dropout on the attention weights, drawn
+    from ``generator`` (default: the device's default generator).
+    """
+    op = "scaled_dot_product_attention"
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+        if t.ndim < 2:
+            raise ValueError(f"{op}: {name} needs at least 2 dims (..., tokens, features), got shape {t.shape}")
+    if query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2]:
+        raise ValueError(f"{op}: query {query.shape}, key {key.shape} and value {value.shape} do not fit: "
+                         f"query and key need the same last dim (E), key and value the same "
+                         f"number of tokens (S)")
+    try:
+        batch = np.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    except ValueError:
+        raise ValueError(f"{op}: the leading dims of query {query.shape}, key {key.shape} and value "
+                         f"{value.shape} do not broadcast") from None
+    L, S, E = query.shape[-2], key.shape[-2], query.shape[-1]
+    score_shape = tuple(batch) + (L, S)
+    xp = backend.xp_of(query.data)
+    dtype = query.dtype
+
+    bias = None
+    if is_causal:
+        if attn_mask is not None:
+            raise ValueError(f"{op}: pass either attn_mask or is_causal=True, not both")
+        allowed = xp.tril(xp.ones((L, S), dtype=bool))
+        bias = Tensor(xp.where(allowed, dtype.type(0), dtype.type(-np.inf)))
+    elif attn_mask is not None:
+        mask = attn_mask if isinstance(attn_mask, Tensor) else Tensor(xp.asarray(attn_mask))
+        if mask.device != query.device:
+            raise RuntimeError(f"{op}: attn_mask is on {mask.device} but query is on {query.device}")
+        try:
+            fits = np.broadcast_shapes(mask.shape, score_shape) == score_shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"{op}: attn_mask of shape {mask.shape} does not broadcast to the "
+                             f"scores' shape {score_shape} (..., L, S)")
+        if mask.dtype == np.bool_:
+            bias = Tensor(xp.where(mask.data, dtype.type(0), dtype.type(-np.inf)))
+        elif mask.dtype.kind == "f":
+            bias = mask  # added to the scores, differentiable
+        else:
+            raise TypeError(f"{op}: attn_mask must be boolean or floating, got dtype {mask.dtype}")
+
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{op}: dropout_p must be in [0, 1), got {dropout_p}")
+    keep = None
+    if dropout_p > 0.0:
+        gen = generator if generator is not None else backend.default_generator(query.device)
+        keep = gen.bernoulli(1.0 - dropout_p, score_shape, dtype=dtype)
+        keep = backend.to_device(keep, query.device) * dtype.type(1.0 / (1.0 - dropout_p))
+
+    scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
+    fn = ScaledDotProductAttention(scale, keep)
+    return fn(query, key, value) if bias is None else fn(query, key, value, bias)

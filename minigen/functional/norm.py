@@ -1,2 +1,245 @@
-"""(being written: see functional/__init__.py for what goes here)."""
-__all__ = []
+"""Normalisation layers as ops: ``batch_norm``, ``group_norm``, ``layer_norm``.
+
+All three compute the same thing over different axes:
+
+    xhat = (x - mean) / sqrt(var + eps),      y = weight * xhat + bias
+
+with mean and (biased) var taken over the axes that the norm "pools":
+
+    batch_norm  (N, C, *)  per channel, over the batch and every position
+                           (Ioffe & Szegedy 2015; the DCGAN of notes §3.3)
+    group_norm  (N, C, *)  per sample and group of C/G channels (Wu & He 2018;
+                           the diffusion UNet of notes §5.6)
+    layer_norm  (*, D...)  per sample, over the trailing ``normalized_shape``
+                           (Ba, Kiros & Hinton 2016; transformer blocks)
+
+So one ``Function``, ``Normalize``, does the work for all three: each wrapper
+views ``x`` so that the pooled entries lie along some axes (no copy), calls it,
+and views the result back.  ``Normalize`` is *fused*: the forward computes mean,
+rstd = 1/sqrt(var + eps) and xhat on arrays in a few passes, and the backward is
+the closed form of the chain rule through all of it (see ``Normalize``), instead
+of a dozen recorded elementary ops.
+
+Batch norm in eval mode uses the running statistics, which are constants, so it
+is just an affine map written with ordinary ops.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import Function, Tensor, is_grad_enabled, no_grad
+from .. import backend
+from .math import mean, sqrt
+from .shape import reshape
+
+__all__ = ["batch_norm", "group_norm", "layer_norm"]
+
+
+class Normalize(Function):
+    """y = weight * xhat + bias,  xhat = (x - mean) * rstd,  rstd = 1/sqrt(var + eps).
+
+    mean and the biased var are taken over ``axes`` (kept as size-1 dims);
+    ``weight`` and ``bias`` (optional, ``has_weight``/``has_bias`` say which are
+    passed) broadcast against x.  Inputs: x, [weight], [bias].
+
+    Backward, with means over ``axes``:
+
+        dx = g - mean(g) - xhat * mean(g * xhat),   g = rstd * weight * gy
+        dweight = gy * xhat,   dbias = gy      (the engine sums them to their shapes)
+
+    Second derivatives are exact with respect to x, weight and bias: when the
+    backward itself is being recorded (``create_graph=True``), xhat and rstd are
+    recomputed from the input tensor with minigen ops, so the formula above is
+    differentiated through them; otherwise the arrays saved by the forward are
+    used as constants (the fast path).
+    """
+
+    def __init__(self, axes, eps, has_weight, has_bias):
+        self.axes, self.eps = tuple(axes), eps
+        self.has_weight, self.has_bias = has_weight, has_bias
+
+    def forward(self, x, *params):
+        xp = backend.xp_of(x)
+        eps = x.dtype.type(self.eps)
+        self.mean = x.mean(axis=self.axes, keepdims=True)
+        xhat = x - self.mean
+        # Two passes (subtract the mean, then average the squares): E[x^2] - E[x]^2
+        # would cancel catastrophically when |mean| >> std.
+        self.var = xp.mean(xhat * xhat, axis=self.axes, keepdims=True)
+        self.rstd = 1 / xp.sqrt(self.var + eps)
+        xhat *= self.rstd
+        self.xhat = xhat
+        y = xhat
+        if self.has_weight:
+            y = y * params[0]
+        if self.has_bias:
+            y = y + params[-1] if y is xhat else _iadd(y, params[-1])
+        return y
+
+    def _xhat_rstd(self):
+        """xhat and rstd as tensors: recorded from x under create_graph, else constants."""
+        if not is_grad_enabled():
+            return Tensor(self.xhat), Tensor(self.rstd)
+        x = self.inputs[0]
+        xc = x - mean(x, self.axes, keepdim=True)
+        rstd = 1.0 / sqrt(mean(xc * xc, self.axes, keepdim=True) + self.eps)
+        return xc * rstd, rstd
+
+    def backward(self, gy):
+        xhat, rstd = self._xhat_rstd()
+        weight = self.inputs[1] if self.has_weight else None
+        gx = gw = gb = None
+        if self.inputs[0].requires_grad:
+            # g = rstd * weight * gy.  rstd is constant along the pooled axes, so it can go
+            # inside the means; when rstd * weight is small (batch and group norm) it is
+            # formed first, saving one pass over the full-size gradient.
+            if weight is None:
+                g = gy * rstd
+            elif _broadcast_size(rstd, weight) < gy.size:
+                g = gy * (rstd * weight)
+            else:
+                g = gy * weight * rstd
+            gx = g - mean(g, self.axes, keepdim=True) - xhat * mean(g * xhat, self.axes, keepdim=True)
+        if weight is not None and weight.requires_grad:
+            gw = gy * xhat
+        if self.has_bias and self.inputs[-1].requires_grad:
+            gb = gy
+        return (gx,) + ((gw,) if self.has_weight else ()) + ((gb,) if self.has_bias else ())
+
+
+def _broadcast_size(a, b):
+    return int(np.prod(np.broadcast_shapes(a.shape, b.shape)))
+
+
+def _iadd(y, b):
+    y += b
+    return y
+
+
+def _normalize(x, axes, weight, bias, eps):
+    params = [p for p in (weight, bias) if p is not None]
+    return Normalize(axes, eps, weight is not None, bias is not None)(x, *params)
+
+
+# ----------------------------------------------------------------------------
+# the three norms
+# ----------------------------------------------------------------------------
+
+def _check_param(op, name, p, shape, x):
+    """Refuse a weight/bias/running statistic whose shape does not fit x."""
+    if p is None:
+        return
+    if not isinstance(p, Tensor):
+        raise TypeError(f"{op}: {name} must be a Tensor or None, got {type(p).__name__}")
+    if tuple(p.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} has shape {tuple(p.shape)} but the input of shape {tuple(x.shape)} "
+                         f"needs shape {tuple(shape)}")
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Batch normalisation: y = weight * (x - mean_c) / sqrt(var_c + eps) + bias.
+
+    x (N, C), (N, C, L) or (N, C, H, W); running_mean, running_var, weight, bias (C,).
+    training=True: mean_c and the biased var_c come from the batch (over N and all
+    positions), and the running statistics, when given, are updated in place,
+        running_mean <- (1 - momentum) running_mean + momentum mean_c
+        running_var  <- (1 - momentum) running_var  + momentum var_c * n / (n - 1)
+    (the unbiased variance over the n = N * positions entries, as PyTorch).
+    training=False: mean_c, var_c are the running statistics, so y is an affine map of x.
+    Ioffe & Szegedy 2015; notes §3.3 (DCGAN).
+    """
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm: expected an input of shape (N, C, ...), got shape {tuple(x.shape)}")
+    C = x.shape[1]
+    for name, p in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        _check_param("batch_norm", name, p, (C,), x)
+    stat_shape = (C,) + (1,) * (x.ndim - 2)  # broadcasts against (N, C, ...)
+
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm: training=False normalises with the running statistics, "
+                             "but running_mean or running_var is None")
+        _same_device("batch_norm", x, running_mean, running_var)
+        xp = backend.xp_of(x.data)
+        rstd = 1 / xp.sqrt(running_var.data.reshape(stat_shape).astype(x.dtype) + x.dtype.type(eps))
+        scale = Tensor(rstd)
+        shift = Tensor(-running_mean.data.reshape(stat_shape).astype(x.dtype) * rstd)
+        if weight is not None:
+            scale = scale * reshape(weight, stat_shape)
+            shift = shift * reshape(weight, stat_shape)
+        if bias is not None:
+            shift = shift + reshape(bias, stat_shape)
+        return x * scale + shift
+
+    N = x.shape[0]
+    n = x.size // C  # entries per channel
+    if n < 2:
+        raise ValueError(f"batch_norm: training needs more than one value per channel to compute a "
+                         f"variance, got input of shape {tuple(x.shape)}")
+    xv = reshape(x, (N, C, n // N))  # pool over axes 0 and 2
+    fn = Normalize((0, 2), eps, weight is not None, bias is not None)
+    y = fn(xv, *[reshape(p, (C, 1)) for p in (weight, bias) if p is not None])
+    if running_mean is not None or running_var is not None:
+        _same_device("batch_norm", x, *[r for r in (running_mean, running_var) if r is not None])
+        with no_grad():
+            if running_mean is not None:
+                _ema_(running_mean, fn.mean.reshape(C), momentum)
+            if running_var is not None:
+                _ema_(running_var, fn.var.reshape(C) * (n / (n - 1)), momentum)
+    return reshape(y, x.shape)
+
+
+def _ema_(stat, value, momentum):
+    """stat <- (1 - momentum) stat + momentum value, in place on stat's array."""
+    data = stat.data
+    data *= data.dtype.type(1 - momentum)
+    data += (data.dtype.type(momentum) * value).astype(data.dtype, copy=False)
+
+
+def _same_device(op, x, *stats):
+    for s in stats:
+        if s.device != x.device:
+            raise RuntimeError(f"{op}: the input is on {x.device} but a running statistic is on "
+                               f"{s.device}; move them to one device")
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """Group normalisation: per sample, normalise each group of C/G channels over its channels and positions.
+
+    y = weight_c * (x - mean_ng) / sqrt(var_ng + eps) + bias_c  for channel c in group g.
+    x (N, C, *) with C divisible by num_groups = G; weight, bias (C,).
+    Wu & He 2018; the UNet of notes §5.6 uses GroupNorm(8).
+    """
+    if x.ndim < 2:
+        raise ValueError(f"group_norm: expected an input of shape (N, C, ...), got shape {tuple(x.shape)}")
+    N, C = x.shape[:2]
+    if not isinstance(num_groups, (int, np.integer)) or num_groups < 1 or C % num_groups:
+        raise ValueError(f"group_norm: num_groups={num_groups} does not divide the {C} channels "
+                         f"of the input of shape {tuple(x.shape)}")
+    _check_param("group_norm", "weight", weight, (C,), x)
+    _check_param("group_norm", "bias", bias, (C,), x)
+    G = int(num_groups)
+    xv = reshape(x, (N, G, C // G, -1))  # (N, G, C/G, positions): pool over axes 2 and 3
+    params = [reshape(p, (G, C // G, 1)) for p in (weight, bias) if p is not None]
+    y = Normalize((2, 3), eps, weight is not None, bias is not None)(xv, *params)
+    return reshape(y, x.shape)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer normalisation over the trailing dims ``normalized_shape``.
+
+    y = weight * (x - mean) / sqrt(var + eps) + bias, mean and var over the last
+    len(normalized_shape) dims.  x (*, *normalized_shape); weight, bias normalized_shape.
+    Ba, Kiros & Hinton 2016 (pre-LN transformer blocks, DiT).
+    """
+    shape = (int(normalized_shape),) if isinstance(normalized_shape, (int, np.integer)) \
+        else tuple(int(n) for n in normalized_shape)
+    k = len(shape)
+    if k == 0 or k > x.ndim or tuple(x.shape[x.ndim - k:]) != shape:
+        raise ValueError(f"layer_norm: normalized_shape {shape} does not match the trailing dims of "
+                         f"the input of shape {tuple(x.shape)}")
+    _check_param("layer_norm", "weight", weight, shape, x)
+    _check_param("layer_norm", "bias", bias, shape, x)
+    axes = tuple(range(x.ndim - k, x.ndim))
+    return _normalize(x, axes, weight, bias, eps)
