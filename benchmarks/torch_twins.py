@@ -170,18 +170,26 @@ def gan_adams(G, D):
             torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999)))
 
 
+def d_loss(D, real, fake, ones, zeros):
+    bce = TF.binary_cross_entropy_with_logits
+    return bce(D(real), ones) + bce(D(fake.detach()), zeros)
+
+
+def g_loss(D, fake, ones):
+    return TF.binary_cross_entropy_with_logits(D(fake), ones)
+
+
 def gan_step_with(G, D, optG, optD, real, z):
     """The DCGAN example's order: D step on real and detached fake, then G step through updated D."""
-    bce = TF.binary_cross_entropy_with_logits
     ones = torch.ones(real.shape[0], 1, device=real.device)
     zeros = torch.zeros(real.shape[0], 1, device=real.device)
     fake = G(z)
     optD.zero_grad()
-    loss_d = bce(D(real), ones) + bce(D(fake.detach()), zeros)
+    loss_d = d_loss(D, real, fake, ones, zeros)
     loss_d.backward()
     optD.step()
     optG.zero_grad()
-    loss_g = bce(D(fake), ones)
+    loss_g = g_loss(D, fake, ones)
     loss_g.backward()
     optG.step()
     return loss_d, loss_g

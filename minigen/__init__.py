@@ -15,6 +15,9 @@ from .autograd import (Function, Tensor, enable_grad, grad, is_grad_enabled, no_
                        set_grad_enabled)
 from . import functional
 from .creation import *  # noqa: F401,F403
-from .functional import exp, log, matmul, mean, reshape, sqrt, sum  # noqa: F401
+from .functional import (cat, chunk, clamp, clip, concat, erf, exp, log, log_softmax, logsumexp,  # noqa: F401
+                         matmul, maximum, mean, minimum, reshape, sigmoid, softmax, split, sqrt, stack,
+                         sum, tanh, var, where)
+from . import nn, optim  # noqa: F401,E402
 
 __version__ = "0.1.0"

@@ -93,7 +93,7 @@ def _as_array(data, dtype=None, device=None):
 
 
 def _is_array(obj) -> bool:
-    return isinstance(obj, np.ndarray) or type(obj).__module__.startswith("cupy")
+    return isinstance(obj, (np.ndarray, np.generic)) or type(obj).__module__.startswith("cupy")
 
 
 class Tensor:
@@ -116,7 +116,8 @@ class Tensor:
     __array_priority__ = 1000
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device=None, name=None):
-        if dtype is None and device is None and (type(data) is np.ndarray or _is_array(data)):
+        if dtype is None and device is None and (type(data) is np.ndarray or
+                                                 (_is_array(data) and not isinstance(data, np.generic))):
             self.data = data
         else:
             self.data = _as_array(data, dtype, device)
@@ -393,6 +394,12 @@ class Tensor:
 
     def squeeze(self, dim=None):
         return F.squeeze(self, dim)
+
+    def split(self, split_size_or_sections, dim=0):
+        return F.split(self, split_size_or_sections, dim)
+
+    def chunk(self, chunks, dim=0):
+        return F.chunk(self, chunks, dim)
 
     def broadcast_to(self, *shape):
         return F.broadcast_to(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)

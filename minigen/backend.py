@@ -119,6 +119,15 @@ def to_device(array, device):
     return cp.asarray(array)
 
 
+def erf(array):
+    """The error function elementwise on either device (NumPy has none: SciPy / cupyx)."""
+    if device_of(array) == "cpu":
+        from scipy.special import erf as scipy_erf
+        return scipy_erf(array)
+    import cupyx.scipy.special  # CuPy's SciPy twin, GPU only
+    return cupyx.scipy.special.erf(array)
+
+
 # ----------------------------------------------------------------------------
 # defaults: device and floating dtype
 # ----------------------------------------------------------------------------

@@ -252,10 +252,50 @@ def build(recipe_cls, config, verbose=True):
     return recipe, train_set, test_set, model_gen, data_gen, loader
 
 
-def _checkpoint(path, recipe, step, model_gen, data_gen, loader):
-    save_tree(path, {"step": step, "recipe": recipe.state_dict(), "model_generator": model_gen.get_state(),
-                     "data_generator": data_gen.get_state(), "loader": loader.state_dict(),
-                     "format": "minigen-checkpoint-1"})
+def _streams(model_gen, data_gen, loader):
+    """The random streams' and the loader's positions (small dicts), as a checkpoint stores them."""
+    return {"model_generator": model_gen.get_state(), "data_generator": data_gen.get_state(),
+            "loader": loader.state_dict()}
+
+
+def _checkpoint(path, recipe, step, model_gen, data_gen, loader, streams=None):
+    save_tree(path, {"step": step, "recipe": recipe.state_dict(),
+                     **(streams or _streams(model_gen, data_gen, loader)), "format": "minigen-checkpoint-1"})
+
+
+class _GracefulStop:
+    """While training, the first Ctrl-C only asks the loop to stop after the current step.
+
+    The step then completes (parameters, optimizer and generators stay consistent),
+    a checkpoint is written and KeyboardInterrupt is raised.  A second Ctrl-C
+    interrupts at once.  Outside the main thread signals cannot be caught, and a
+    KeyboardInterrupt raised inside a step rewinds the random streams to the
+    start of that step instead (see ``before`` in ``train``).
+    """
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.requested:  # second Ctrl-C: stop now
+            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def train(family, overrides=None, out_dir=None, resume=None, progress=True, verbose=True):
@@ -306,12 +346,15 @@ def train(family, overrides=None, out_dir=None, resume=None, progress=True, verb
     from .viz import plot_curves, save_image_grid
 
     last_good = step if resume else None
+    before = (None, None)
+    stop = _GracefulStop()
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=recipe_cls.name, dynamic_ncols=True)
     batches = iter(loader)
     pending_rows = []
     recipe.train(True)
     try:
         while step < config.steps:
+            before = (step, _streams(model_gen, data_gen, loader))  # where a Ctrl-C inside this step rewinds to
             try:
                 xb, yb = next(batches)
             except StopIteration:
@@ -337,10 +380,14 @@ def train(family, overrides=None, out_dir=None, resume=None, progress=True, verb
                 last_good = step
             if config.sample_every and step % config.sample_every == 0 and step != config.steps:
                 _save_samples(recipe, config, os.path.join(run_dir, f"samples_{step:06d}.png"), step)
+            if stop.requested:  # Ctrl-C arrived during the step: it was finished, now stop cleanly
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         bar.close()
         _log_rows(log_path, [r for r in pending_rows if r["step"] <= step])
-        _checkpoint(ckpt_path, recipe, step, model_gen, data_gen, loader)
+        # interrupted inside a step (before it counted): save the streams as they were before it
+        _checkpoint(ckpt_path, recipe, step, model_gen, data_gen, loader,
+                    streams=before[1] if before[0] == step else None)
         print(f"\ninterrupted at step {step}; checkpoint saved. Continue with: "
               f"python -m minigen train --resume {run_dir}")
         raise
@@ -348,6 +395,8 @@ def train(family, overrides=None, out_dir=None, resume=None, progress=True, verb
         bar.close()
         _log_rows(log_path, [r for r in pending_rows if r["step"] < step])
         raise
+    finally:
+        stop.restore()
     bar.close()
 
     recipe.train(False)

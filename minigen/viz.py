@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from . import backend
+from .autograd import Tensor
 
 __all__ = ["make_grid", "save_image_grid", "plot_curves", "read_metrics", "plot_density", "plot_samples",
            "plot_latent", "plot_interpolation", "plot_trajectory"]
@@ -33,7 +34,7 @@ __all__ = ["make_grid", "save_image_grid", "plot_curves", "read_metrics", "plot_
 
 def _np(x):
     """A host NumPy array from a Tensor, a CuPy array, a list or a NumPy array."""
-    if hasattr(x, "numpy") and hasattr(x, "creator"):  # a minigen Tensor
+    if isinstance(x, Tensor):
         return x.numpy()
     if isinstance(x, (list, tuple)):
         return np.stack([_np(v) for v in x])
@@ -169,6 +170,7 @@ def plot_trajectory(xs, ts, path, title="diffusion trajectory", value_range=(-1.
         (N, 2) points; ts: the T time steps, used as column labels.
     Images: one row per sample, one column per t.  Points: one scatter panel
     per t with shared limits (``lim``: half-width of the square, default from the data).
+    value_range: the images' pixel range, default [-1, 1] (the scale diffusion models work in).
     """
     frames = _np(xs)  # (T, N, ...)
     ts = list(_np(ts).tolist()) if not isinstance(ts, (list, tuple)) else list(ts)
@@ -243,7 +245,8 @@ def plot_curves(history, path, keys=None, title="training curves", x="step", log
     for ax, key in zip(axes, keys):
         pts = [(row.get(x, i), row[key]) for i, row in enumerate(rows)
                if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
-        steps, values = (np.array(v, dtype=float) for v in zip(*pts)) if pts else (np.zeros(0), np.zeros(0))
+        steps = np.array([p[0] for p in pts], dtype=float)  # rows without x are placed at their index
+        values = np.array([p[1] for p in pts], dtype=float)
         ax.plot(steps, values, marker="." if len(values) < 30 else None)
         if logy is True or (isinstance(logy, (list, tuple, set)) and key in logy):
             ax.set_yscale("log" if len(values) and values.min() > 0 else "symlog")
@@ -298,7 +301,9 @@ def plot_samples(samples, path, data=None, centers=None, title="samples over dat
     if centers is not None:
         c = _np(centers)
         ax.scatter(c[:, 0], c[:, 1], s=40, marker="x", c="black", label="modes")
-    ax.legend(loc="upper right", fontsize="small", markerscale=3)
+    legend = ax.legend(loc="upper right", fontsize="small")
+    for handle, size in zip(legend.legend_handles, [12] * (1 + (data is not None)) + [40]):
+        handle.set_sizes([size])  # legend dots big enough to see the colours
     if xlim is not None:
         ax.set_xlim(xlim)
     if ylim is not None:

@@ -114,7 +114,8 @@ def test_samples_have_the_mixture_moments(device, covariance_type):
     weights, means, covs = np_(gmm.weights_), np_(gmm.means_), full_covariances(gmm)
     mean = weights @ means
     # law of total covariance: Cov x = E[Cov(x|k)] + Cov(E[x|k])
-    cov = np.einsum("k,kij->ij", weights, covs) + np.einsum("k,ki,kj->ij", weights, means, means) - np.outer(mean, mean)
+    cov = (np.einsum("k,kij->ij", weights, covs)
+           + np.einsum("k,ki,kj->ij", weights, means, means) - np.outer(mean, mean))
     s, lab = np_(samples), np_(labels)
     scale = np.sqrt(np.trace(cov))
     assert np.linalg.norm(s.mean(0) - mean) < 0.03 * scale
@@ -155,21 +156,24 @@ def test_mnist_like_images_with_constant_borders(device, covariance_type):
     images[:30, 10:18, 4:24] += 0.5                                    # two "classes"
     X = backend.to_device(images.reshape(60, 784), device)
     gmm = GaussianMixture(2, covariance_type=covariance_type, max_iter=3, generator=mg.Generator(0, device))
+    as_bytes = backend.to_device((images.reshape(60, 784) * 100).astype(np.uint8), device)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)            # 3 iterations may not converge
         gmm.fit(X)
+        from_bytes = GaussianMixture(2, covariance_type=covariance_type, max_iter=1, generator=0).fit(as_bytes)
     scores = np_(gmm.score_samples(X))
     assert np.all(np.isfinite(scores))
     assert np.all(np.diff(gmm.lower_bounds_) >= -1e-8 * np.abs(np.array(gmm.lower_bounds_[1:])))
-    # uint8 pixels are accepted too
-    as_bytes = (images.reshape(60, 784) * 100).astype(np.uint8)
-    GaussianMixture(2, covariance_type=covariance_type, max_iter=1, generator=0).fit(as_bytes)
+    assert np.isfinite(from_bytes.score(as_bytes))                     # uint8 pixels are accepted too
 
 
 def test_zero_reg_covar_on_constant_pixels_fails_clearly():
     X = np.c_[np.random.default_rng(0).normal(size=(50, 2)), np.zeros(50)]
+    gmm = GaussianMixture(2, covariance_type="full", reg_covar=0.0, generator=0)
     with pytest.raises(ValueError, match="not positive definite.*increase reg_covar"):
-        GaussianMixture(2, covariance_type="full", reg_covar=0.0, generator=0).fit(X)
+        gmm.fit(X)
+    with pytest.raises(RuntimeError, match="not fitted"):          # the failed fit left nothing behind
+        gmm.score(X)
     with pytest.raises(ValueError, match="variance is 0.*reg_covar"):
         GaussianMixture(2, covariance_type="diag", reg_covar=0.0, generator=0).fit(X)
 
@@ -177,8 +181,9 @@ def test_zero_reg_covar_on_constant_pixels_fails_clearly():
 def test_n_init_keeps_the_best_run():
     X, _ = blobs(5, n=150, centres=((0, 0), (3, 0), (0, 3), (3, 3), (6, 6)))
     gen = mg.Generator(11)
-    single = [GaussianMixture(5, init_params="random", max_iter=20, generator=gen).fit(X) for _ in range(3)]
-    best = GaussianMixture(5, init_params="random", max_iter=20, n_init=3, generator=mg.Generator(11)).fit(X)
+    with pytest.warns(RuntimeWarning, match="did not converge in max_iter=20"):
+        single = [GaussianMixture(5, init_params="random", max_iter=20, generator=gen).fit(X) for _ in range(3)]
+        best = GaussianMixture(5, init_params="random", max_iter=20, n_init=3, generator=mg.Generator(11)).fit(X)
     bounds = [g.lower_bound_ for g in single]
     assert len(set(np.round(bounds, 8))) > 1                            # the runs really differ
     assert best.lower_bound_ == max(bounds)

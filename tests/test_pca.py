@@ -258,7 +258,11 @@ def test_degenerate_densities_are_refused():
     X = rng.normal(size=(30, 2)) @ rng.normal(size=(2, 5))            # exactly rank 2
     with pytest.raises(ValueError, match="singular"):
         PCA(None).fit(X).score_samples(X)
-    with pytest.raises(ValueError, match="noise variance is 0"):
-        PPCA(2).fit(np.c_[X[:, :2], np.zeros((30, 3))])
+    for method in ("closed_form", "em"):
+        ppca = PPCA(2, method=method, generator=0)
+        with pytest.raises(ValueError, match="noise variance is 0"):
+            ppca.fit(np.c_[X[:, :2], np.zeros((30, 3))])
+        with pytest.raises(RuntimeError, match="not fitted"):
+            ppca.score(X)
     with pytest.raises(ValueError, match="at least 2 samples"):
         PCA().fit(X[:1])

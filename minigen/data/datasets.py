@@ -24,7 +24,10 @@ Where the data come from (nothing here downloads anything)
     ``/usr/share/datasets/fashion-mnist/``.  60,000 train / 10,000 test images.
 
 An explicitly given ``data_dir`` must hold the files: minigen never falls back
-silently from a directory the user named.
+silently from a directory the user named.  MNIST and Fashion-MNIST use the same
+file names, so when one directory holds both, give each its own subdirectory
+(``DIR/mnist/``, ``DIR/fashion-mnist/``): files directly in ``DIR`` would be read
+for either name.
 """
 from __future__ import annotations
 

@@ -97,8 +97,9 @@ class DataLoader:
             self._order = self._draw_order()
         while self.position < len(self):
             rows = self._order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+            batch = self._batch(rows)
             self.position += 1  # count the batch as consumed before handing it out (for state_dict)
-            yield self._batch(rows)
+            yield batch
 
     def _batch(self, rows):
         batch = [a[rows] for a in self.arrays]  # fancy indexing copies: batches never alias the data

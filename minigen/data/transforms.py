@@ -90,13 +90,15 @@ def dequantize(x, generator):
     x: images in [0, 1] holding 8-bit levels k / 255.  Each level k becomes the
     interval [k/256, (k+1)/256), so y has a density, and a continuous model's
     log-likelihood on y bounds the discrete model's (Theis et al. 2016).
+    ``quantize(dequantize(x)) == x`` exactly.
     """
     dtype = _float_dtype(x)
     xp = backend.xp_of(x)
     levels = xp.round(x * 255)  # recover the integer level exactly despite float error in k / 255
     u = backend.to_device(generator.uniform(x.shape, dtype=dtype), backend.device_of(x))
-    # in float32, 255 + u can round up to 256, so y may touch 1.0; quantize clips that back to 255
-    return ((levels + u) / 256).astype(dtype)
+    y = ((levels + u) / 256).astype(dtype)
+    # k + u can round up to k + 1 in float32: keep y strictly below the next level's start (k + 1) / 256
+    return xp.minimum(y, xp.nextafter(((levels + 1) / 256).astype(dtype), dtype.type(0)))
 
 
 def quantize(y):

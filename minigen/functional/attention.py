@@ -10,8 +10,8 @@ UNet's attention block runs it over the pixels of a feature map.
 ``scaled_dot_product_attention`` follows PyTorch's function of the same name:
 boolean masks say which keys take part (True = attend), float masks are added to
 the scores, ``is_causal`` lets query i see keys 0..i only.  The whole thing is one
-fused ``Function``, so a forward allocates just the score matrix and the output,
-and the backward is the closed form below instead of a chain of recorded ops.
+fused ``Function``, so a forward allocates little more than the score matrix
+and the output, and the backward is the closed form below instead of a chain of recorded ops.
 """
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def _mT(x):
     return transpose(x, -1, -2)
 
 
+def _row_sums(a):
+    """Sums over the last dim (kept as size 1) of an array or tensor, as a product
+    with a column of ones: one BLAS call, several times faster than a NumPy
+    reduction over short rows."""
+    array = a.data if isinstance(a, Tensor) else a
+    ones = backend.xp_of(array).ones((a.shape[-1], 1), dtype=a.dtype)
+    return a @ (Tensor(ones) if isinstance(a, Tensor) else ones)
+
+
 class ScaledDotProductAttention(Function):
     """y = dropout(P) V,   P = softmax(S) along the keys,   S = Q K^T * scale + bias.
 
@@ -42,7 +51,7 @@ class ScaledDotProductAttention(Function):
 
     Backward, with D the dropout keep mask scaled by 1/(1-p) (1 without dropout):
 
-        dV = (P*D)^T dY,   dP = (dY V^T) * D,   dS = P * (dP - sum_keys(dP * P)),
+        dV = (P*D)^T dY,   dP = (dY V^T) * D,   dS = P * (dP - sum_features(dY * Y)),
         dQ = dS K * scale,   dK = dS^T Q * scale,   dbias = dS.
 
     Second derivatives are exact: under ``create_graph=True`` P is recomputed
@@ -57,17 +66,24 @@ class ScaledDotProductAttention(Function):
 
     def forward(self, q, k, v, bias=None):
         xp = backend.xp_of(q)
-        s = q @ k.swapaxes(-1, -2)  # (..., L, S)
+        # NumPy's batched matmul is slow when its right operand is a transposed view;
+        # a contiguous copy of K^T (the smaller matrix) costs less than the slowdown.
+        s = q @ xp.ascontiguousarray(k.swapaxes(-1, -2))  # (..., L, S)
         s *= q.dtype.type(self.scale)
         if bias is not None:
             s += bias
-        # Stable softmax: subtract each row's max so every exponent is <= 0.  A row
-        # masked out entirely has max -inf; shifting it by 0 keeps exp(-inf) = 0
-        # instead of -inf - (-inf) = nan.
-        m = s.max(axis=-1, keepdims=True)
-        s -= xp.where(xp.isfinite(m), m, 0)
+        # Stable softmax.  Shifting each row by its max makes every exponent <= 0, so
+        # e^s cannot overflow.  The row max is the slowest step, and is only needed
+        # when scores are large: if all of them lie in [-T, T], T = log(max_float / S) / 2,
+        # no e^s overflows, no row sum exceeds max_float and none underflows to 0.
+        # Masked rows (-inf) always take the shifted path, where a row masked out
+        # entirely (max -inf) is shifted by 0 instead of giving -inf - (-inf) = nan.
+        T = 0.5 * (math.log(float(xp.finfo(s.dtype).max)) - math.log(max(s.shape[-1], 1)))
+        if s.size and not (s.max() <= T and s.min() >= -T):
+            m = s.max(axis=-1, keepdims=True)
+            s -= xp.where(xp.isfinite(m), m, 0)
         xp.exp(s, out=s)
-        total = s.sum(axis=-1, keepdims=True)
+        total = _row_sums(s)
         self.empty = total == 0  # rows with no key left
         s /= xp.where(self.empty, 1, total)
         self.p = s
@@ -95,17 +111,19 @@ class ScaledDotProductAttention(Function):
         gq = gk = gv = gbias = None
         if v.requires_grad:
             gv = matmul(_mT(pd), gy)
-        wants_s = q.requires_grad or k.requires_grad or (len(self.inputs) > 3 and self.inputs[3].requires_grad)
-        if wants_s:
+        bias_grad = len(self.inputs) > 3 and self.inputs[3].requires_grad
+        if q.requires_grad or k.requires_grad or bias_grad:
             gp = matmul(gy, _mT(v))
             if keep is not None:
                 gp = gp * keep
-            gs = p * (gp - sum(gp * p, -1, keepdim=True))
+            # sum_keys(dP * P) = sum_features(dY * Y), since Y = (P*D) V: a reduction
+            # over Ev instead of S with no (L, S) product (Dao et al. 2022, FlashAttention).
+            gs = p * (gp - _row_sums(gy * self.output()))
             if q.requires_grad:
                 gq = matmul(gs, k) * self.scale
             if k.requires_grad:
                 gk = matmul(_mT(gs), q) * self.scale
-            if len(self.inputs) > 3 and self.inputs[3].requires_grad:
+            if bias_grad:
                 gbias = gs
         return (gq, gk, gv) + ((gbias,) if len(self.inputs) > 3 else ())
 
@@ -126,7 +144,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         if not isinstance(t, Tensor):
             raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
         if t.ndim < 2:
-            raise ValueError(f"{op}: {name} needs at least 2 dims (..., tokens, features), got shape {t.shape}")
+            raise ValueError(f"{op}: {name} needs at least 2 dims (..., tokens, features), "
+                             f"got shape {t.shape}")
     if query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2]:
         raise ValueError(f"{op}: query {query.shape}, key {key.shape} and value {value.shape} do not fit: "
                          f"query and key need the same last dim (E), key and value the same "

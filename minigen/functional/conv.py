@@ -1,2 +1,641 @@
-"""(being written: see functional/__init__.py for what goes here)."""
-__all__ = []
+"""Convolutions, pooling and resampling of NCHW images.
+
+How a convolution becomes one matrix product (im2col)
+-----------------------------------------------------
+A 2-D convolution (PyTorch's, i.e. a cross-correlation) computes
+
+    y[n, f, oh, ow] = b[f] + sum_{c, i, j} W[f, c, i, j] * xpad[n, c, oh*s + i*d, ow*s + j*d]
+
+For every output pixel (n, oh, ow) the values it reads, c x kh x kw of them,
+form one row of a "column matrix" cols (P, K) with P = N*OH*OW and
+K = C*kh*kw.  The convolution is then ONE matrix product  Y = cols @ Wm,
+with Wm the weight laid out as (K, F).  No copying loop is needed to build
+cols: a strided *view* of the zero-padded input (``as_strided``) already has
+shape (N, OH, OW, kh, kw, C), and reshaping it to (P, K) is a single copy.
+
+Layout choices (they decide the speed, see benchmarks/scratch_conv.py):
+* The padded input is stored channels-last (N, Hp, Wp, C), so in the window
+  view the innermost run (kw taps x C channels) is contiguous memory.
+* The product gives channels-last rows (P, F); one transpose makes NCHW.
+
+The three linear maps of a convolution
+--------------------------------------
+conv2d is linear in x and linear in W.  Its three "faces" are:
+    forward          x, W  -> y      conv2d            (im2col + matmul)
+    input gradient   gy, W -> gx     conv_transpose2d  (matmul + col2im)
+    weight gradient  x, gy -> gW     Conv2dWeightGrad  (im2col + matmul)
+col2im is the adjoint of im2col: each of the kh*kw taps adds its slab of
+gradient columns back into the padded image.  conv_transpose2d *is* the input
+gradient of conv2d (that is why DCGAN calls it "fractionally strided
+convolution", notes §3.3), and the backward of each face is written with the
+other two, so every face can be differentiated again (R1 and WGAN-GP
+penalties on convolutional critics need that).
+
+Groups split the channels into G independent convolutions; they appear as a
+leading group axis in a batched matmul.
+
+Also here: avg_pool2d and max_pool2d (strided window views), and interpolate
+(nearest / bilinear), whose backward is the adjoint resampling (nearest x2
+upsampling's adjoint sums each 2x2 block of the gradient).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..autograd import Function, Tensor
+from .. import backend
+from .shape import GetItemGrad, getitem, reshape
+
+__all__ = ["conv2d", "conv_transpose2d", "avg_pool2d", "max_pool2d", "interpolate"]
+
+
+def _xp(a):
+    return backend.xp_of(a)
+
+
+# ----------------------------------------------------------------------------
+# argument handling
+# ----------------------------------------------------------------------------
+
+def _pair(value, name, op):
+    """An int or a pair of ints as a pair (a, b)."""
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (int, np.integer)) for v in value):
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+
+
+def _out_size(size, k, s, p, d):
+    """Output length of a convolution: floor((H + 2p - d(k-1) - 1) / s) + 1."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+class _Geometry:
+    """stride, padding, dilation (each a pair) and groups of one convolution."""
+
+    __slots__ = ("stride", "padding", "dilation", "groups")
+
+    def __init__(self, stride, padding, dilation, groups):
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+
+
+def _check_geometry(op, stride, padding, dilation, groups):
+    if min(stride) < 1:
+        raise ValueError(f"{op}: stride must be >= 1, got {stride}")
+    if min(padding) < 0:
+        raise ValueError(f"{op}: padding must be >= 0, got {padding}")
+    if min(dilation) < 1:
+        raise ValueError(f"{op}: dilation must be >= 1, got {dilation}")
+    if not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+
+
+def _check_4d(op, name, t):
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+    if t.ndim != 4:
+        layout = "(N, C, H, W)" if name == "input" else "4-D"
+        raise ValueError(f"{op}: expected a 4-D {name} {layout}, got shape {t.shape}")
+
+
+# ----------------------------------------------------------------------------
+# the array kernels: im2col, col2im and the three faces of a convolution
+# ----------------------------------------------------------------------------
+# Shapes used below:  x (N, C, H, W)   weight (F, C/G, kh, kw)   y (N, F, OH, OW)
+# with G groups, Cg = C/G, Fg = F/G, P = N*OH*OW, K = kh*kw*Cg.
+
+def _im2col(x, kh, kw, geo, out_hw):
+    """Column matrix of x: (P, G, K), row p = the window of output pixel p.
+
+    Built as a strided view (N, OH, OW, G, kh, kw, Cg) of the channels-last,
+    zero-padded input, then copied once into a contiguous array.
+    """
+    xp = _xp(x)
+    N, C, H, W = x.shape
+    (sh, sw), (ph, pw), (dh, dw), G = geo.stride, geo.padding, geo.dilation, geo.groups
+    OH, OW = out_hw
+    padded = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=x.dtype)
+    padded[:, ph:ph + H, pw:pw + W, :] = x.transpose(0, 2, 3, 1)
+    s_n, s_h, s_w, s_c = padded.strides
+    Cg = C // G
+    windows = xp.lib.stride_tricks.as_strided(
+        padded, shape=(N, OH, OW, G, kh, kw, Cg),
+        strides=(s_n, sh * s_h, sw * s_w, Cg * s_c, dh * s_h, dw * s_w, s_c))
+    return windows.reshape(N * OH * OW, G, kh * kw * Cg)  # the one copy
+
+
+def _col2im(cols, x_shape, kh, kw, geo, out_hw):
+    """The adjoint of im2col: add every tap's gradient back into the image.
+
+    cols (kh*kw, G, P, Cg) holds, for each kernel tap (i, j), the gradient of
+    the input pixels that tap read.  Returns an array of ``x_shape`` (NCHW).
+    """
+    xp = _xp(cols)
+    N, C, H, W = x_shape
+    (sh, sw), (ph, pw), (dh, dw), G = geo.stride, geo.padding, geo.dilation, geo.groups
+    OH, OW = out_hw
+    Cg = C // G
+    padded = xp.zeros((N, H + 2 * ph, W + 2 * pw, G, Cg), dtype=cols.dtype)
+    for t in range(kh * kw):  # a loop over the taps only; each add covers all pixels at once
+        i, j = divmod(t, kw)
+        tap = cols[t].reshape(G, N, OH, OW, Cg).transpose(1, 2, 3, 0, 4)
+        padded[:, i * dh:i * dh + sh * (OH - 1) + 1:sh, j * dw:j * dw + sw * (OW - 1) + 1:sw] += tap
+    inner = padded[:, ph:ph + H, pw:pw + W]  # (N, H, W, G, Cg); the padding's gradient is dropped
+    return xp.ascontiguousarray(inner.transpose(0, 3, 4, 1, 2)).reshape(N, C, H, W)
+
+
+def _weight_as_columns(w, G):
+    """(F, Cg, kh, kw) -> (G, K, Fg), rows ordered (kh, kw, Cg) like the columns of im2col."""
+    F, Cg, kh, kw = w.shape
+    return w.reshape(G, F // G, Cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(G, kh * kw * Cg, F // G)
+
+
+def _grad_as_rows(gy, G):
+    """(N, F, OH, OW) -> (G, P, Fg): one row of output gradients per output pixel."""
+    xp = _xp(gy)
+    N, F, OH, OW = gy.shape
+    rows = xp.ascontiguousarray(gy.reshape(N, G, F // G, OH, OW).transpose(1, 0, 3, 4, 2))
+    return rows.reshape(G, N * OH * OW, F // G)
+
+
+def _conv_forward(x, w, b, geo, out_hw):
+    """y = cols @ Wm (+ b), returned NCHW with spatial size ``out_hw``."""
+    xp = _xp(x)
+    N = x.shape[0]
+    F, _, kh, kw = w.shape
+    G = geo.groups
+    OH, OW = out_hw
+    cols = _im2col(x, kh, kw, geo, out_hw)                                 # (P, G, K)
+    y = xp.matmul(cols.transpose(1, 0, 2), _weight_as_columns(w, G))      # (G, P, Fg)
+    if b is not None:
+        y += b.reshape(G, 1, F // G)
+    y = y.reshape(G, N, OH, OW, F // G).transpose(1, 0, 4, 2, 3)          # (N, G, Fg, OH, OW)
+    return xp.ascontiguousarray(y).reshape(N, F, OH, OW)
+
+
+def _conv_input_grad(gy, w, geo, x_shape):
+    """gx = col2im(gy_rows @ Wm^T): conv2d's input gradient, i.e. conv_transpose2d."""
+    xp = _xp(gy)
+    F, Cg, kh, kw = w.shape
+    G = geo.groups
+    taps = w.reshape(G, F // G, Cg, kh, kw).transpose(3, 4, 0, 1, 2).reshape(kh * kw, G, F // G, Cg)
+    # one product per tap (a batched matmul), so each tap's columns are contiguous for col2im
+    cols = xp.matmul(_grad_as_rows(gy, G)[None], taps)                    # (kh*kw, G, P, Cg)
+    return _col2im(cols, x_shape, kh, kw, geo, gy.shape[2:])
+
+
+def _conv_weight_grad(x, gy, geo, w_shape):
+    """gW = cols^T @ gy_rows: the correlation of the input with the output gradient."""
+    xp = _xp(x)
+    F, Cg, kh, kw = w_shape
+    G = geo.groups
+    cols = _im2col(x, kh, kw, geo, gy.shape[2:])                           # (P, G, K)
+    gw = xp.matmul(cols.transpose(1, 2, 0), _grad_as_rows(gy, G))         # (G, K, Fg)
+    gw = gw.reshape(G, kh, kw, Cg, F // G).transpose(0, 4, 3, 1, 2)        # (G, Fg, Cg, kh, kw)
+    return xp.ascontiguousarray(gw).reshape(F, Cg, kh, kw)
+
+
+# ----------------------------------------------------------------------------
+# the three Functions
+# ----------------------------------------------------------------------------
+
+class Conv2d(Function):
+    """y = conv2d(x, W) + b:  y[n,f,oh,ow] = b[f] + sum_{c,i,j} W[f,c,i,j] xpad[n, g*Cg+c, oh*s+i*d, ow*s+j*d].
+
+    Shapes: x (N, C, H, W), W (F, C/G, kh, kw), b (F,) -> y (N, F, OH, OW) with
+    OH = floor((H + 2p - d(kh-1) - 1)/s) + 1 (``out_hw`` may ask for fewer rows).
+    Gradients: gx = conv_transpose2d(gy, W), gW = Conv2dWeightGrad(x, gy),
+    gb = sum of gy over (N, OH, OW).
+    """
+
+    def __init__(self, geo, out_hw):
+        self.geo, self.out_hw = geo, tuple(out_hw)
+
+    def forward(self, x, w, b=None):
+        return _conv_forward(x, w, b, self.geo, self.out_hw)
+
+    def backward(self, gy):
+        x, w = self.inputs[0], self.inputs[1]
+        gx = ConvTranspose2d(self.geo, x.shape[2:])(gy, w) if x.requires_grad else None
+        gw = Conv2dWeightGrad(self.geo, w.shape)(x, gy) if w.requires_grad else None
+        if len(self.inputs) == 2:
+            return gx, gw
+        gb = gy.sum((0, 2, 3)) if self.inputs[2].requires_grad else None
+        return gx, gw, gb
+
+
+class ConvTranspose2d(Function):
+    """y = conv_transpose2d(x, W) + b, the adjoint of conv2d in its input:  <y, z> = <x, conv2d(z, W)>.
+
+    Shapes: x (N, Cin, H, W), W (Cin, Cout/G, kh, kw), b (Cout,) -> y (N, Cout, Ho, Wo),
+    Ho = (H-1)s - 2p + d(kh-1) + output_padding + 1 (passed in as ``out_hw``).
+    Gradients: gx = conv2d(gy, W), gW = Conv2dWeightGrad(gy, x) (roles of input and
+    output gradient swapped), gb = sum of gy over (N, Ho, Wo).
+    """
+
+    def __init__(self, geo, out_hw):
+        self.geo, self.out_hw = geo, tuple(out_hw)
+
+    def forward(self, x, w, b=None):
+        N = x.shape[0]
+        y = _conv_input_grad(x, w, self.geo, (N, w.shape[1] * self.geo.groups) + self.out_hw)
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        return y
+
+    def backward(self, gy):
+        x, w = self.inputs[0], self.inputs[1]
+        gx = Conv2d(self.geo, x.shape[2:])(gy, w) if x.requires_grad else None
+        gw = Conv2dWeightGrad(self.geo, w.shape)(gy, x) if w.requires_grad else None
+        if len(self.inputs) == 2:
+            return gx, gw
+        gb = gy.sum((0, 2, 3)) if self.inputs[2].requires_grad else None
+        return gx, gw, gb
+
+
+class Conv2dWeightGrad(Function):
+    """gW = dL/dW of conv2d:  gW[f,c,i,j] = sum_{n,oh,ow} gy[n,f,oh,ow] xpad[n, g*Cg+c, oh*s+i*d, ow*s+j*d].
+
+    Shapes: x (N, C, H, W), gy (N, F, OH, OW) -> gW ``w_shape`` = (F, C/G, kh, kw).
+    gW is bilinear in (x, gy) with <ggW, gW> = <gy, conv2d(x, ggW)>, so its
+    gradients are  d/dx = conv_transpose2d(gy, ggW)  and  d/dgy = conv2d(x, ggW).
+    """
+
+    def __init__(self, geo, w_shape):
+        self.geo, self.w_shape = geo, tuple(w_shape)
+
+    def forward(self, x, gy):
+        return _conv_weight_grad(x, gy, self.geo, self.w_shape)
+
+    def backward(self, ggw):
+        x, gy = self.inputs
+        gx = ConvTranspose2d(self.geo, x.shape[2:])(gy, ggw) if x.requires_grad else None
+        ggy = Conv2d(self.geo, gy.shape[2:])(x, ggw) if gy.requires_grad else None
+        return gx, ggy
+
+
+# ----------------------------------------------------------------------------
+# the public convolutions
+# ----------------------------------------------------------------------------
+
+def _check_bias(op, bias, n_out):
+    if bias is not None and (not isinstance(bias, Tensor) or bias.shape != (n_out,)):
+        shape = bias.shape if isinstance(bias, Tensor) else type(bias).__name__
+        raise ValueError(f"{op}: bias must be a Tensor of shape ({n_out},) (one per output channel), got {shape}")
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution (cross-correlation) of NCHW images, as ``torch.nn.functional.conv2d``.
+
+    y[n,f,oh,ow] = b[f] + sum_{c,i,j} W[f,c,i,j] xpad[n, c, oh*s + i*d, ow*s + j*d]
+    Shapes: x (N, C, H, W), weight (F, C/groups, kh, kw), bias (F,) or None
+    -> y (N, F, OH, OW), OH = floor((H + 2p - d(kh-1) - 1)/s) + 1.
+    ``stride``, ``padding`` and ``dilation`` are ints or (h, w) pairs.
+    """
+    op = "conv2d"
+    _check_4d(op, "input", x)
+    _check_4d(op, "weight", weight)
+    stride, padding, dilation = (_pair(stride, "stride", op), _pair(padding, "padding", op),
+                                 _pair(dilation, "dilation", op))
+    _check_geometry(op, stride, padding, dilation, groups)
+    N, C, H, W = x.shape
+    F, Cg, kh, kw = weight.shape
+    if C % groups or F % groups:
+        raise ValueError(f"{op}: groups={groups} must divide both the input channels ({C}, input shape "
+                         f"{x.shape}) and the output channels ({F}, weight shape {weight.shape})")
+    if C != Cg * groups:
+        raise ValueError(f"{op}: input has {C} channels (shape {x.shape}) but the weight (shape {weight.shape}) "
+                         f"with groups={groups} expects {Cg * groups}")
+    _check_bias(op, bias, F)
+    OH, OW = (_out_size(H, kh, stride[0], padding[0], dilation[0]),
+              _out_size(W, kw, stride[1], padding[1], dilation[1]))
+    if OH < 1 or OW < 1:
+        raise ValueError(f"{op}: the input's spatial size {H}x{W} (padded {H + 2 * padding[0]}x"
+                         f"{W + 2 * padding[1]}) is smaller than the kernel {kh}x{kw} (dilated "
+                         f"{dilation[0] * (kh - 1) + 1}x{dilation[1] * (kw - 1) + 1}); input shape {x.shape}")
+    fn = Conv2d(_Geometry(stride, padding, dilation, int(groups)), (OH, OW))
+    return fn(x, weight) if bias is None else fn(x, weight, bias)
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """Transposed convolution of NCHW images, as ``torch.nn.functional.conv_transpose2d``.
+
+    y = the gradient of conv2d with respect to its input, applied to x:
+    <conv_transpose2d(x, W), z> = <x, conv2d(z, W)> for every z of y's shape.
+    Shapes: x (N, Cin, H, W), weight (Cin, Cout/groups, kh, kw), bias (Cout,) or None
+    -> y (N, Cout, Ho, Wo), Ho = (H-1)s - 2p + d(kh-1) + output_padding + 1.
+    ``output_padding`` (< stride or < dilation) picks among the output sizes that
+    a strided conv2d maps to the same H.
+    """
+    op = "conv_transpose2d"
+    _check_4d(op, "input", x)
+    _check_4d(op, "weight", weight)
+    stride, padding, dilation = (_pair(stride, "stride", op), _pair(padding, "padding", op),
+                                 _pair(dilation, "dilation", op))
+    output_padding = _pair(output_padding, "output_padding", op)
+    _check_geometry(op, stride, padding, dilation, groups)
+    for a in range(2):
+        if not 0 <= output_padding[a] < max(stride[a], dilation[a]):
+            raise ValueError(f"{op}: output_padding {output_padding} must be >= 0 and smaller than "
+                             f"either stride {stride} or dilation {dilation}")
+    N, Cin, H, W = x.shape
+    wc, Cog, kh, kw = weight.shape
+    if wc % groups:
+        raise ValueError(f"{op}: groups={groups} must divide the input channels ({wc}, weight shape "
+                         f"{weight.shape})")
+    if Cin != wc:
+        raise ValueError(f"{op}: input has {Cin} channels (shape {x.shape}) but the weight (shape "
+                         f"{weight.shape}) expects {wc}")
+    _check_bias(op, bias, Cog * groups)
+    Ho = (H - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + output_padding[0] + 1
+    Wo = (W - 1) * stride[1] - 2 * padding[1] + dilation[1] * (kw - 1) + output_padding[1] + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: the output size {Ho}x{Wo} is not positive (input shape {x.shape}, kernel "
+                         f"{kh}x{kw}, padding {padding}): the padding is too large for this input")
+    fn = ConvTranspose2d(_Geometry(stride, padding, dilation, int(groups)), (Ho, Wo))
+    return fn(x, weight) if bias is None else fn(x, weight, bias)
+
+
+# ----------------------------------------------------------------------------
+# pooling
+# ----------------------------------------------------------------------------
+
+def _pool_args(op, x, kernel_size, stride, padding):
+    """Validated (kernel, stride, padding, out size) pairs of a pooling call."""
+    _check_4d(op, "input", x)
+    kernel = _pair(kernel_size, "kernel_size", op)
+    stride = kernel if stride is None else _pair(stride, "stride", op)
+    padding = _pair(padding, "padding", op)
+    if min(kernel) < 1 or min(stride) < 1:
+        raise ValueError(f"{op}: kernel_size {kernel} and stride {stride} must be >= 1")
+    if min(padding) < 0 or padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{op}: padding {padding} must be between 0 and half the kernel size {kernel}")
+    H, W = x.shape[2:]
+    out = (_out_size(H, kernel[0], stride[0], padding[0], 1), _out_size(W, kernel[1], stride[1], padding[1], 1))
+    if min(out) < 1:
+        raise ValueError(f"{op}: the input's spatial size {H}x{W} (padded {H + 2 * padding[0]}x"
+                         f"{W + 2 * padding[1]}) is smaller than the kernel {kernel[0]}x{kernel[1]}; "
+                         f"input shape {x.shape}")
+    return kernel, stride, padding, out
+
+
+def _windows(x, kernel, stride, padding, out_hw, fill):
+    """Strided view (N, C, OH, OW, kh, kw) of x padded with ``fill``."""
+    xp = _xp(x)
+    N, C, H, W = x.shape
+    (ph, pw), (sh, sw) = padding, stride
+    if ph or pw:
+        padded = xp.full((N, C, H + 2 * ph, W + 2 * pw), fill, dtype=x.dtype)
+        padded[:, :, ph:ph + H, pw:pw + W] = x
+    else:
+        padded = x
+    s_n, s_c, s_h, s_w = padded.strides
+    return xp.lib.stride_tricks.as_strided(
+        padded, shape=(N, C) + tuple(out_hw) + tuple(kernel),
+        strides=(s_n, s_c, sh * s_h, sw * s_w, s_h, s_w))
+
+
+class AvgPool2d(Function):
+    """y[n,c,oh,ow] = (1/(kh*kw)) sum_{i,j} xpad[n, c, oh*s+i, ow*s+j]  (zero padding counted).
+
+    Shapes: x (N, C, H, W) -> y (N, C, OH, OW).  Gradient: AvgPool2dAdjoint(gy).
+    """
+
+    def __init__(self, kernel, stride, padding, out_hw):
+        self.args = (kernel, stride, padding, out_hw)
+
+    def forward(self, x):
+        kernel = self.args[0]
+        y = _windows(x, *self.args, fill=0).sum(axis=(4, 5))
+        y *= 1.0 / (kernel[0] * kernel[1])
+        return y
+
+    def backward(self, gy):
+        return AvgPool2dAdjoint(self.args, self.inputs[0].shape)(gy)
+
+
+class AvgPool2dAdjoint(Function):
+    """gx = each gy/(kh*kw) added back onto the window it averaged (col2im with a constant kernel).
+
+    Shapes: gy (N, C, OH, OW) -> gx ``x_shape``.  Its own gradient is avg_pool2d.
+    """
+
+    def __init__(self, args, x_shape):
+        self.args, self.x_shape = args, tuple(x_shape)
+
+    def forward(self, gy):
+        xp = _xp(gy)
+        (kh, kw), (sh, sw), (ph, pw), (OH, OW) = self.args
+        N, C, H, W = self.x_shape
+        share = gy * (1.0 / (kh * kw))
+        gx = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)
+        for i in range(kh):  # a loop over the kernel taps; each add covers every window
+            for j in range(kw):
+                gx[:, :, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw] += share
+        return xp.ascontiguousarray(gx[:, :, ph:ph + H, pw:pw + W])
+
+    def backward(self, ggx):
+        return AvgPool2d(*self.args)(ggx)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    """Mean over kh x kw windows, as ``torch.nn.functional.avg_pool2d`` (count_include_pad=True).
+
+    y[n,c,oh,ow] = mean_{i,j} xpad[n, c, oh*s + i, ow*s + j], zero padding counted in the mean.
+    Shapes: x (N, C, H, W) -> (N, C, OH, OW), OH = floor((H + 2p - kh)/s) + 1; stride defaults
+    to kernel_size, padding must be at most half the kernel.
+    """
+    kernel, stride, padding, out = _pool_args("avg_pool2d", x, kernel_size, stride, padding)
+    return AvgPool2d(kernel, stride, padding, out)(x)
+
+
+class MaxPool2d(Function):
+    """y[n,c,oh,ow] = max_{i,j} xpad[n, c, oh*s+i, ow*s+j]  (padding is -inf, never chosen).
+
+    Shapes: x (N, C, H, W) -> y (N, C, OH, OW).  The gradient goes to the arg-max
+    of each window (the first one on ties), added where windows overlap.
+    """
+
+    def __init__(self, kernel, stride, padding, out_hw):
+        self.args = (kernel, stride, padding, out_hw)
+
+    def forward(self, x):
+        xp = _xp(x)
+        (kh, kw), (sh, sw), (ph, pw), (OH, OW) = self.args
+        N, C, H, W = x.shape
+        win = _windows(x, *self.args, fill=-np.inf).reshape(N, C, OH, OW, kh * kw)
+        tap = win.argmax(axis=-1)
+        # flat index into x of each window's maximum (the padding never wins: p <= k/2)
+        rows = xp.arange(OH).reshape(OH, 1) * sh - ph + tap // kw
+        cols = xp.arange(OW) * sw - pw + tap % kw
+        planes = xp.arange(N * C).reshape(N, C, 1, 1)
+        self.index = (planes * H + rows) * W + cols
+        return win.max(axis=-1)
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        # scatter-add into the flattened input; its gradient is the gather getitem(., index)
+        return reshape(GetItemGrad(self.index, (x.size,))(gy), x.shape)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """Maximum over kh x kw windows, as ``torch.nn.functional.max_pool2d``.
+
+    y[n,c,oh,ow] = max_{i,j} x[n, c, oh*s + i - p, ow*s + j - p]
+    Shapes: x (N, C, H, W) -> (N, C, OH, OW), OH = floor((H + 2p - kh)/s) + 1; stride defaults
+    to kernel_size, padding must be at most half the kernel.
+    """
+    kernel, stride, padding, out = _pool_args("max_pool2d", x, kernel_size, stride, padding)
+    return MaxPool2d(kernel, stride, padding, out)(x)
+
+
+# ----------------------------------------------------------------------------
+# interpolate: a linear map along H and one along W
+# ----------------------------------------------------------------------------
+# Each axis is resampled either by repeating every entry k times (nearest
+# upsampling by an integer factor: fast, its adjoint sums blocks of k) or by a
+# small (out, in) matrix A (any other size, and bilinear): y = A x along that
+# axis, adjoint gx = A^T gy.
+
+def _nearest_axis(n_in, n_out, scale):
+    """PyTorch's nearest rule: source index floor(dst * scale), clamped to the input."""
+    if scale is None and n_out % n_in == 0:
+        return ("repeat", n_out // n_in)
+    if scale is not None and float(scale).is_integer() and n_out == n_in * int(scale):
+        return ("repeat", int(scale))
+    if scale is None:
+        src = np.arange(n_out) * n_in // n_out  # floor(dst * in/out), exactly in integers
+    else:
+        src = np.minimum(np.floor(np.arange(n_out) / scale).astype(np.int64), n_in - 1)
+    A = np.zeros((n_out, n_in))
+    A[np.arange(n_out), src] = 1.0
+    return ("matrix", A)
+
+
+def _bilinear_axis(n_in, n_out, scale, align_corners):
+    """Weights of linear interpolation along one axis, PyTorch's source coordinates.
+
+    align_corners=True:  src = dst (in-1)/(out-1)   (corner pixels line up)
+    align_corners=False: src = (dst + 0.5) / scale - 0.5, clamped at 0  (pixel areas line up)
+    """
+    dst = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        src = dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    else:
+        step = n_in / n_out if scale is None else 1.0 / scale
+        src = np.maximum((dst + 0.5) * step - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    A = np.zeros((n_out, n_in))
+    np.add.at(A, (np.arange(n_out), lo), 1.0 - frac)
+    np.add.at(A, (np.arange(n_out), hi), frac)
+    return ("matrix", A)
+
+
+def _apply_axis(x, plan, axis, adjoint):
+    """Resample x (N, C, H, W) along ``axis`` (2 or 3) by ``plan``, or apply its adjoint."""
+    xp = _xp(x)
+    kind, val = plan
+    if kind == "repeat":
+        if val == 1:
+            return x
+        if not adjoint:
+            return xp.repeat(x, val, axis=axis)
+        shape = x.shape[:axis] + (x.shape[axis] // val, val) + x.shape[axis + 1:]
+        return x.reshape(shape).sum(axis=axis + 1)  # the adjoint of repeating: sum each block
+    A = backend.to_device(val.astype(x.dtype), backend.device_of(x))
+    A = A.T if adjoint else A  # y = A x along the axis; the adjoint applies A^T
+    if axis == 3:
+        return x @ A.T
+    return xp.matmul(A, x)
+
+
+def _resample(x, plans, adjoint):
+    xp = _xp(x)
+    (kh, vh), (kw, vw) = plans
+    if kh == kw == "repeat":  # nearest by integer factors: one broadcast copy / one block sum
+        N, C, H, W = x.shape
+        if adjoint:
+            return x.reshape(N, C, H // vh, vh, W // vw, vw).sum(axis=(3, 5))
+        big = xp.broadcast_to(x[:, :, :, None, :, None], (N, C, H, vh, W, vw))
+        return big.reshape(N, C, H * vh, W * vw)
+    if adjoint:
+        return _apply_axis(_apply_axis(x, plans[1], 3, True), plans[0], 2, True)
+    return _apply_axis(_apply_axis(x, plans[0], 2, False), plans[1], 3, False)
+
+
+class Interpolate(Function):
+    """y = A_h x A_w^T per image: nearest or bilinear resampling along H and W.
+
+    Shapes: x (N, C, H, W) -> y (N, C, OH, OW).  Gradient: InterpolateAdjoint(gy) = A_h^T gy A_w.
+    """
+
+    def __init__(self, plans):
+        self.plans = plans
+
+    def forward(self, x):
+        return _resample(x, self.plans, adjoint=False)
+
+    def backward(self, gy):
+        return InterpolateAdjoint(self.plans)(gy)
+
+
+class InterpolateAdjoint(Function):
+    """gx = A_h^T gy A_w, the adjoint of interpolate (for nearest x2: the sum of each 2x2 block).
+
+    Shapes: gy (N, C, OH, OW) -> gx (N, C, H, W).  Its own gradient is interpolate.
+    """
+
+    def __init__(self, plans):
+        self.plans = plans
+
+    def forward(self, gy):
+        return _resample(gy, self.plans, adjoint=True)
+
+    def backward(self, ggx):
+        return Interpolate(self.plans)(ggx)
+
+
+def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None):
+    """Resize NCHW images, as ``torch.nn.functional.interpolate`` (modes 'nearest', 'bilinear').
+
+    Output size: ``size`` (int or (OH, OW)), or floor(H * scale_factor).
+    nearest:  y[.., oh, ow] = x[.., floor(oh * H/OH), floor(ow * W/OW)]  (1/scale_factor in
+              place of H/OH when scale_factor is given, as PyTorch does);
+    bilinear: linear in each axis between the two nearest source pixels, with source
+              coordinate oh (H-1)/(OH-1) (align_corners=True) or (oh + 0.5) H/OH - 0.5 (False,
+              the default).
+    Shapes: x (N, C, H, W) -> (N, C, OH, OW).
+    """
+    op = "interpolate"
+    _check_4d(op, "input", x)
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"{op}: mode must be 'nearest' or 'bilinear', got {mode!r}")
+    if mode == "nearest" and align_corners is not None:
+        raise ValueError(f"{op}: align_corners can only be set with mode='bilinear'")
+    if (size is None) == (scale_factor is None):
+        raise ValueError(f"{op}: give exactly one of size and scale_factor")
+    H, W = x.shape[2:]
+    if size is not None:
+        out = _pair(size, "size", op)
+        scales = (None, None)
+    else:
+        if isinstance(scale_factor, (tuple, list)):
+            scales = tuple(float(s) for s in scale_factor)
+        else:
+            scales = (float(scale_factor),) * 2
+        if len(scales) != 2 or min(scales) <= 0:
+            raise ValueError(f"{op}: scale_factor must be a positive number or pair, got {scale_factor!r}")
+        out = (int(math.floor(H * scales[0])), int(math.floor(W * scales[1])))
+    if min(out) < 1:
+        raise ValueError(f"{op}: the output size {out[0]}x{out[1]} must be positive (input shape {x.shape})")
+    if mode == "nearest":
+        plans = (_nearest_axis(H, out[0], scales[0]), _nearest_axis(W, out[1], scales[1]))
+    else:
+        corners = bool(align_corners)
+        plans = (_bilinear_axis(H, out[0], scales[0], corners), _bilinear_axis(W, out[1], scales[1], corners))
+    return Interpolate(plans)(x)

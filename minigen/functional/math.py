@@ -1,13 +1,31 @@
-"""Elementwise arithmetic and functions, activations and reductions.
+"""Elementwise arithmetic and functions, activations, selection, reductions, softmax, dropout.
 
 Every op is a ``Function`` (forward on arrays, backward in minigen ops) and a
 lowercase wrapper.  Broadcasting in binary ops is undone by the engine, so a
 backward here returns gradients in the *output's* shape and never sums itself.
 Backwards skip work for inputs that do not require grad
 (``self.inputs[i].requires_grad``).
+
+In order: arithmetic (add ... pow); elementwise functions (exp, log, sqrt, abs,
+tanh, sigmoid, erf); activations (relu, leaky_relu, silu, gelu, softplus,
+log_sigmoid); selection (where, clip/clamp, maximum, minimum); reductions (sum,
+mean, var, max, min, logsumexp); softmax and log_softmax; dropout.
+
+Three habits run through the file:
+* Numerical care: sigmoid, softplus, log_sigmoid, logsumexp and the softmaxes are
+  written so that no exponent can overflow; the line that does it is commented.
+* Piecewise-linear ops (relu, leaky_relu, abs, clip, maximum, max ...) multiply
+  gy by a constant 0/1 mask in the input's dtype: their second derivative is 0
+  w.r.t. x and the backward stays linear (differentiable) in gy.
+* Smooth activations used in hot loops (silu, gelu) compute their slope with
+  fused in-place array code in a plain backward, and with minigen ops when the
+  backward is being recorded (``create_graph=True``), so it can be differentiated.
+  Forward code uses in-place ufuncs on fresh temporaries and Python-number
+  constants, so float32 stays float32 and no pass is wasted.
 """
 from __future__ import annotations
 
+import builtins  # this module defines sum, max, min, abs, pow: the builtins stay reachable
 import math
 
 import numpy as np
@@ -17,28 +35,48 @@ from .. import backend
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt",
-    "abs", "tanh", "sigmoid",
-    "relu", "softplus",
-    "where",
-    "sum", "mean", "logsumexp", "softmax", "log_softmax",
+    "abs", "tanh", "sigmoid", "erf",
+    "relu", "leaky_relu", "silu", "gelu", "softplus", "log_sigmoid", "logsigmoid",
+    "where", "clip", "clamp", "maximum", "minimum",
+    "sum", "mean", "var", "max", "min", "logsumexp", "softmax", "log_softmax",
+    "dropout",
 ]
+
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_K = math.sqrt(2.0 / math.pi)    # the tanh approximation of GELU:
+_GELU_C = 0.044715                    # Phi(x) ~ (1 + tanh(K (x + C x^3))) / 2
 
 
 def _xp(a):
     return backend.xp_of(a)
 
 
+def _array(a):
+    """``a`` as an array.  NumPy hands 0-d results back as scalars, which in-place
+    code (``out=``) and ``Tensor`` cannot take; arrays pass through uncopied."""
+    return _xp(a).asarray(a)
+
+
+def _const(a):
+    """A constant Tensor (no gradient) around an array computed in a backward."""
+    return Tensor(_array(a))
+
+
 def _axes(dim, ndim):
     """Normalise ``dim`` (None, int or tuple) to a tuple of non-negative axes."""
     if dim is None:
         return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
+    span = builtins.max(ndim, 1)  # a 0-d tensor accepts dim 0 or -1 (and has no axis), as in PyTorch
     out = []
     for d in dims:
-        if not -ndim <= d < max(ndim, 1):
+        if not -span <= d < span:
             raise IndexError(f"dimension {d} is out of range for a tensor with {ndim} dimensions")
-        out.append(d % max(ndim, 1))
-    return tuple(sorted(set(out)))
+        out.append(int(d) % span)
+    return tuple(sorted(set(out))) if ndim else ()
 
 
 def _keepdim_shape(shape, axes):
@@ -204,7 +242,7 @@ class Abs(Function):
 
     def backward(self, gy):
         # sign(x) is a constant: the second derivative of |x| is 0 away from the kink.
-        return gy * Tensor(_xp(gy.data).sign(self.inputs[0].data))
+        return gy * _const(_xp(gy.data).sign(self.inputs[0].data))
 
 
 class Tanh(Function):
@@ -229,7 +267,7 @@ def _sigmoid_array(x):
     # Clamping x at -c (e^c the largest finite power) keeps e^-x finite: no overflow.  Below
     # -c sigma(x) is under the smallest normal number, so the clamp changes only denormals.
     # Neither tail cancels (1 + tiny, 1 + big), so both keep full relative precision.
-    e = xp.clip(x, -_exp_cap(x.dtype), xp.inf)
+    e = _array(xp.clip(x, -_exp_cap(x.dtype), xp.inf))
     xp.negative(e, out=e)
     xp.exp(e, out=e)
     e += 1
@@ -237,7 +275,10 @@ def _sigmoid_array(x):
 
 
 class Sigmoid(Function):
-    """y = sigma(x) = 1 / (1 + e^-x);  dx = gy * y (1 - y).  (notes: logistic output units)"""
+    """y = sigma(x) = 1 / (1 + e^-x);  dx = gy * y (1 - y).
+
+    The probability a GAN discriminator outputs (notes §3).  Shapes: any -> same.
+    """
 
     def forward(self, x):
         return _sigmoid_array(x)
@@ -245,6 +286,22 @@ class Sigmoid(Function):
     def backward(self, gy):
         y = self.output()
         return gy * (y * (1.0 - y))
+
+
+def _erf_array(x):
+    """erf on a raw array (NumPy has none): ``backend.erf`` picks SciPy's or CuPy's."""
+    return backend.erf(x)
+
+
+class Erf(Function):
+    """y = erf(x) = (2 / sqrt(pi)) int_0^x e^(-t^2) dt;  dx = gy * (2 / sqrt(pi)) e^(-x^2)."""
+
+    def forward(self, x):
+        return _erf_array(x)
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        return gy * (exp(-(x * x)) * _TWO_OVER_SQRT_PI)
 
 
 def exp(x):
@@ -271,6 +328,10 @@ def sigmoid(x):
     return Sigmoid()(x)
 
 
+def erf(x):
+    return Erf()(x)
+
+
 # ----------------------------------------------------------------------------
 # activations
 # ----------------------------------------------------------------------------
@@ -290,11 +351,145 @@ class ReLU(Function):
     def backward(self, gy):
         y = self.output().data
         mask = (y > 0).astype(y.dtype)  # y > 0 exactly where x > 0
-        return gy * Tensor(mask)
+        return gy * _const(mask)
 
 
 def relu(x):
     return ReLU()(x)
+
+
+class LeakyReLU(Function):
+    """y = x for x > 0, a x otherwise (a = negative_slope);  dx = gy * (1 or a).
+
+    DCGAN's discriminator uses a = 0.2 (notes §3.3).  The derivative mask is a
+    constant in x's dtype, as for relu.
+    """
+
+    def __init__(self, negative_slope):
+        self.slope = float(negative_slope)
+
+    def forward(self, x):
+        xp = _xp(x)
+        y = _array(x * self.slope)
+        if 0.0 < self.slope <= 1.0:
+            return xp.maximum(x, y, out=y)  # a x <= x exactly when x >= 0: no mask needed
+        if self.slope > 1.0:
+            return xp.minimum(x, y, out=y)  # the mirror case
+        return xp.where(x > 0, x, y)        # a <= 0: select explicitly
+
+    def backward(self, gy):
+        x = self.inputs[0].data
+        mask = (x > 0).astype(x.dtype)
+        mask *= 1.0 - self.slope
+        mask += self.slope  # 1 where x > 0, negative_slope elsewhere
+        return gy * _const(mask)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    return LeakyReLU(negative_slope)(x)
+
+
+class SiLU(Function):
+    """y = x sigma(x) (also called swish);  dx = gy * sigma(x) (1 + x (1 - sigma(x))).
+
+    The activation of the DDPM U-Net (notes §5.6).  Shapes: any -> same.
+    """
+
+    def forward(self, x):
+        self.s = _sigmoid_array(x)
+        return x * self.s
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        if is_grad_enabled():  # create_graph=True: build the slope from ops, so it differentiates
+            s = sigmoid(x)
+            return gy * (s * (1.0 + x * (1.0 - s)))
+        xp = _xp(gy.data)
+        slope = xp.subtract(1, self.s)  # plain backward: the same formula, fused in place
+        slope *= x.data
+        slope += 1
+        slope *= self.s
+        return gy * _const(slope)
+
+
+def silu(x):
+    return SiLU()(x)
+
+
+class GELU(Function):
+    """y = x Phi(x), Phi the standard normal CDF (Hendrycks & Gimpel, 2016).
+
+    The MLP activation of transformer blocks (ViT / DiT, notes §5.6).
+
+    approximate='none':  Phi(x) = (1 + erf(x / sqrt 2)) / 2,  dy/dx = Phi(x) + x phi(x)
+    approximate='tanh':  Phi(x) ~ (1 + tanh(K (x + C x^3))) / 2,  K = sqrt(2/pi), C = 0.044715
+    Shapes: any -> same.
+    """
+
+    def __init__(self, approximate):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        xp = _xp(x)
+        if self.approximate == "tanh":
+            u = _array(x * x)
+            u *= _GELU_C
+            u += 1
+            u *= x
+            u *= _GELU_K
+            self.t = xp.tanh(u, out=u)  # tanh(K (x + C x^3)), kept for the backward
+            y = self.t + 1
+            y *= 0.5
+            y *= x
+            return y
+        cdf = _erf_array(x * _SQRT_HALF)
+        cdf += 1
+        cdf *= 0.5
+        self.cdf = cdf  # Phi(x), kept for the backward
+        return x * cdf
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        if is_grad_enabled():  # create_graph=True: the slope as ops, so it differentiates
+            return gy * self._slope_from_ops(x)
+        return gy * _const(self._slope_array(x.data))
+
+    def _slope_from_ops(self, x):
+        if self.approximate == "tanh":
+            t = tanh((x + x * x * x * _GELU_C) * _GELU_K)
+            return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * (_GELU_K * (1.0 + 3 * _GELU_C * x * x))
+        cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))
+        pdf = exp(-0.5 * x * x) * _INV_SQRT_2PI
+        return cdf + x * pdf
+
+    def _slope_array(self, x):
+        xp = _xp(x)
+        if self.approximate == "tanh":
+            # d/dx [x (1 + t) / 2] = (1 + t) / 2 + x (1 - t^2) u' / 2,  u' = K (1 + 3 C x^2)
+            half_du = _array(x * x)
+            half_du *= 3 * _GELU_C
+            half_du += 1
+            half_du *= 0.5 * _GELU_K
+            slope = _array(self.t * self.t)
+            xp.subtract(1, slope, out=slope)
+            slope *= half_du
+            slope *= x
+            slope += 0.5
+            slope += xp.multiply(self.t, 0.5, out=half_du)
+            return slope
+        pdf = _array(x * x)                 # phi(x) = e^(-x^2/2) / sqrt(2 pi)
+        pdf *= -0.5
+        xp.exp(pdf, out=pdf)
+        pdf *= _INV_SQRT_2PI
+        pdf *= x
+        pdf += self.cdf                     # Phi(x) + x phi(x)
+        return pdf
+
+
+def gelu(x, approximate="none"):
+    return GELU(approximate)(x)
 
 
 class Softplus(Function):
@@ -311,7 +506,7 @@ class Softplus(Function):
         z = x * self.beta if self.beta != 1.0 else x
         # log(1 + e^z) = max(z, 0) + log1p(e^-|z|): the exponent is never positive, so
         # e^... cannot overflow, and log1p keeps the small tail exact.
-        y = xp.abs(z)
+        y = _array(xp.abs(z))
         xp.negative(y, out=y)
         xp.exp(y, out=y)
         xp.log1p(y, out=y)
@@ -330,6 +525,35 @@ class Softplus(Function):
 
 def softplus(x, beta=1.0, threshold=20.0):
     return Softplus(beta, threshold)(x)
+
+
+class LogSigmoid(Function):
+    """y = log sigma(x) = -softplus(-x);  dx = gy * sigma(-x).
+
+    The log-likelihood of a Bernoulli logit (log p = log_sigmoid(logit)).
+    """
+
+    def forward(self, x):
+        xp = _xp(x)
+        # log sigma(x) = min(x, 0) - log1p(e^-|x|): the exponent is never positive (no
+        # overflow), and for x << 0 the answer is x - tiny instead of log(0) = -inf.
+        t = _array(xp.abs(x))
+        xp.negative(t, out=t)
+        xp.exp(t, out=t)
+        xp.log1p(t, out=t)
+        y = xp.clip(x, -xp.inf, 0)
+        y -= t
+        return y
+
+    def backward(self, gy):
+        return gy * sigmoid(-self.inputs[0])
+
+
+def log_sigmoid(x):
+    return LogSigmoid()(x)
+
+
+logsigmoid = log_sigmoid  # PyTorch's spelling, F.logsigmoid
 
 
 # ----------------------------------------------------------------------------
@@ -368,12 +592,99 @@ def where(condition, input, other):  # noqa: A002 (PyTorch's names)
     ref = input if isinstance(input, Tensor) else other
     if not isinstance(ref, Tensor):
         raise TypeError("where: at least one of input and other must be a Tensor")
-    if not hasattr(cond, "dtype"):
+    if np.isscalar(cond) or isinstance(cond, (list, tuple)):
         cond = _xp(ref.data).asarray(cond)
     if cond.dtype != np.bool_:
         raise TypeError(f"where: condition must be boolean, got dtype {cond.dtype} "
                         "(compare first, e.g. where(x > 0, x, 0))")
     return Where(cond)(input, other)
+
+
+class Clip(Function):
+    """y = min(max(x, lo), hi);  dx = gy where lo <= x <= hi, else 0 (PyTorch's rule).
+
+    Either bound may be None (no bound on that side).
+    """
+
+    def __init__(self, lo, hi):
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x):
+        xp = _xp(x)
+        if x.dtype.kind == "f":  # an infinite bound keeps NumPy on its fast two-sided loop
+            return xp.clip(x, -xp.inf if self.lo is None else self.lo, xp.inf if self.hi is None else self.hi)
+        return xp.clip(x, self.lo, self.hi)
+
+    def backward(self, gy):
+        x = self.inputs[0].data
+        inside = (x >= self.lo) if self.lo is not None else None
+        if self.hi is not None:
+            inside = (x <= self.hi) if inside is None else inside & (x <= self.hi)
+        return gy * _const(inside.astype(x.dtype))
+
+
+def clip(x, min=None, max=None):  # noqa: A002 (PyTorch's names)
+    """Clamp x into [min, max]; min and max are Python numbers or None."""
+    for name, bound in (("min", min), ("max", max)):
+        if bound is not None and not isinstance(bound, (int, float, np.number)):
+            raise TypeError(f"clip: {name} must be a Python number or None, got {type(bound).__name__} "
+                            "(for a tensor bound use maximum / minimum)")
+    if min is None and max is None:
+        raise ValueError("clip: at least one of min and max must be given")
+    return Clip(min, max)(x)
+
+
+clamp = clip  # PyTorch's other name
+
+
+def _first_wins(a, b):
+    """1 where a > b, 0 where a < b and 1/2 on ties: (sign(a - b) + 1) / 2, in a's dtype."""
+    xp = _xp(a)
+    w = _array(a - b)
+    xp.sign(w, out=w)
+    w += 1
+    w *= 0.5
+    return w
+
+
+class Maximum(Function):
+    """y = max(a, b) elementwise (broadcasting);  da = gy [a > b],  db = gy [b > a].
+
+    On a tie each input gets half of gy (PyTorch does the same).
+    """
+
+    def forward(self, a, b):
+        return _xp(a).maximum(a, b)
+
+    def backward(self, gy):
+        a, b = self.inputs
+        w = _first_wins(a.data, b.data)
+        return (gy * _const(w) if a.requires_grad else None,
+                gy * _const(1 - w) if b.requires_grad else None)
+
+
+class Minimum(Function):
+    """y = min(a, b) elementwise (broadcasting);  da = gy [a < b],  db = gy [b < a].
+
+    On a tie each input gets half of gy.
+    """
+
+    def forward(self, a, b):
+        return _xp(a).minimum(a, b)
+
+    def backward(self, gy):
+        a, b = self.inputs
+        w = _first_wins(b.data, a.data)  # 1 where a is the smaller
+        return (gy * _const(w) if a.requires_grad else None,
+                gy * _const(1 - w) if b.requires_grad else None)
+
+
+def maximum(a, b):
+    return Maximum()(a, b)
+
+
+def minimum(a, b):
+    return Minimum()(a, b)
 
 
 # ----------------------------------------------------------------------------
@@ -423,6 +734,98 @@ def mean(x, dim=None, keepdim=False):
     return Mean(dim, keepdim)(x)
 
 
+def _reduced_shape(shape, axes):
+    """``shape`` with the reduced axes removed (keepdim=False)."""
+    return tuple(n for i, n in enumerate(shape) if i not in axes)
+
+
+class Var(Function):
+    """y = sum (x - mean x)^2 / (n - 1) over ``dim`` (divide by n when unbiased=False).
+
+    dx = gy * 2 (x - mean x) / (n - 1).  Shapes: x (...) -> y with ``dim`` reduced.
+    """
+
+    def __init__(self, dim, keepdim, unbiased):
+        self.dim, self.keepdim, self.unbiased = dim, keepdim, unbiased
+
+    def forward(self, x):
+        self.axes = _axes(self.dim, x.ndim)
+        self.x_shape = x.shape
+        n = int(np.prod([x.shape[a] for a in self.axes])) if self.axes else 1
+        self.denom = n - 1 if self.unbiased else n
+        if self.denom <= 0:
+            raise ValueError(f"var: {n} element(s) over dim {self.dim} of a tensor of shape {x.shape}; "
+                             "the unbiased variance needs at least 2 (or pass unbiased=False)")
+        # two passes, mean first: the one-pass E[x^2] - E[x]^2 cancels catastrophically
+        # when the mean is large compared with the spread.
+        d = x - x.mean(axis=self.axes, keepdims=True)
+        d *= d
+        return d.sum(axis=self.axes, keepdims=self.keepdim) / self.denom
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        if not self.keepdim:
+            gy = gy.reshape(_keepdim_shape(self.x_shape, self.axes))
+        return gy * ((x - mean(x, self.axes, keepdim=True)) * (2.0 / self.denom))
+
+
+def var(x, dim=None, keepdim=False, unbiased=True):
+    return Var(dim, keepdim, unbiased)(x)
+
+
+class Max(Function):
+    """y = max of x over ``dim`` (all dims when None), values only.
+
+    dx = gy at the position of the maximum, 0 elsewhere.  When several entries tie
+    for the maximum they share gy equally (like PyTorch's ``amax``; ``torch.max``
+    with a dim gives it all to one index instead).
+    """
+
+    name = "max"
+
+    def __init__(self, dim, keepdim):
+        self.dim, self.keepdim = dim, keepdim
+
+    def _reduce(self, x):
+        return x.max(axis=self.axes, keepdims=True)
+
+    def forward(self, x):
+        self.axes = _axes(self.dim, x.ndim)
+        self.x_shape = x.shape
+        if x.size == 0:
+            raise ValueError(f"{self.name}: cannot reduce a tensor with no elements (shape {x.shape})")
+        y = self._reduce(x)
+        return y if self.keepdim else y.reshape(_reduced_shape(x.shape, self.axes))
+
+    def backward(self, gy):
+        x = self.inputs[0].data
+        keep = _keepdim_shape(self.x_shape, self.axes)
+        hit = (x == self.output().data.reshape(keep)).astype(x.dtype)
+        hit /= hit.sum(axis=self.axes, keepdims=True)  # ties share the gradient equally
+        if not self.keepdim:
+            gy = gy.reshape(keep)
+        return gy * _const(hit)
+
+
+class Min(Max):
+    """y = min of x over ``dim``, values only; dx = gy at the minimum (ties share it)."""
+
+    name = "min"
+
+    def _reduce(self, x):
+        return x.min(axis=self.axes, keepdims=True)
+
+
+def max(x, dim=None, keepdim=False):  # noqa: A001 (PyTorch's name)
+    """The largest value over ``dim`` (values only; use Tensor.argmax for positions)."""
+    return Max(dim, keepdim)(x)
+
+
+def min(x, dim=None, keepdim=False):  # noqa: A001 (PyTorch's name)
+    """The smallest value over ``dim`` (values only)."""
+    return Min(dim, keepdim)(x)
+
+
 def _finite_max(x, axes):
     """Max over ``axes`` (keepdims), with infinite maxima replaced by 0.
 
@@ -451,18 +854,21 @@ class LogSumExp(Function):
         m = _finite_max(x, self.axes)
         # subtracting the max makes every exponent <= 0: no overflow, and the largest
         # term is exactly 1, so the sum cannot underflow to 0 either.
-        e = x - m
+        e = _array(x - m)
         xp.exp(e, out=e)
         with np.errstate(divide="ignore"):  # an all -inf row: log(0) = -inf is the answer
             y = xp.log(e.sum(axis=self.axes, keepdims=True))
         y += m
-        return y if self.keepdim else y.reshape([n for i, n in enumerate(x.shape) if i not in self.axes])
+        return y if self.keepdim else y.reshape(_reduced_shape(x.shape, self.axes))
 
     def backward(self, gy):
         x, y = self.inputs[0], self.output()
         if not self.keepdim:
             keep = _keepdim_shape(self.x_shape, self.axes)
             gy, y = gy.reshape(keep), y.reshape(keep)
+        # an all -inf row has y = -inf and no mass: shift it by 0 so its gradient is
+        # e^(-inf) = 0 rather than e^(-inf + inf) = nan
+        y = where(_xp(y.data).isfinite(y.data), y, 0.0)
         return gy * exp(x - y)
 
 
@@ -475,7 +881,7 @@ def _softmax_axis(dim, ndim):
     """The single axis of a softmax (a 0-d tensor has none: its softmax is 1)."""
     if dim is None or not isinstance(dim, (int, np.integer)):
         raise TypeError(f"softmax/log_softmax: dim must be an int, got {dim!r}")
-    return () if ndim == 0 else _axes(int(dim), ndim)
+    return _axes(dim, ndim)
 
 
 class Softmax(Function):
@@ -490,7 +896,7 @@ class Softmax(Function):
     def forward(self, x):
         xp = _xp(x)
         self.axes = _softmax_axis(self.dim, x.ndim)
-        y = x - x.max(axis=self.axes, keepdims=True)  # exponents <= 0: e^... cannot overflow
+        y = _array(x - x.max(axis=self.axes, keepdims=True))  # exponents <= 0: no overflow
         xp.exp(y, out=y)
         y /= y.sum(axis=self.axes, keepdims=True)
         return y
@@ -528,3 +934,46 @@ def softmax(x, dim=-1):
 
 def log_softmax(x, dim=-1):
     return LogSoftmax(dim)(x)
+
+
+# ----------------------------------------------------------------------------
+# dropout
+# ----------------------------------------------------------------------------
+
+class Dropout(Function):
+    """y = x * m / (1 - p), m_i ~ Bernoulli(1 - p) (inverted dropout, Srivastava et al. 2014).
+
+    ``scaled_mask`` = m / (1 - p) is drawn by the wrapper and is a constant here:
+    dx = gy * m / (1 - p).  Shapes: any -> same.
+    """
+
+    def __init__(self, scaled_mask):
+        self.scaled_mask = scaled_mask
+
+    def forward(self, x):
+        return x * self.scaled_mask
+
+    def backward(self, gy):
+        return gy * _const(self.scaled_mask)
+
+
+def dropout(x, p=0.5, training=True, generator=None):
+    """Zero each entry with probability p and scale the rest by 1/(1-p), so E[y] = x.
+
+    ``training=False`` returns x unchanged.  The mask comes from ``generator``
+    (default: the default generator of x's device), never from global state.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not isinstance(x, Tensor) or x.dtype.kind != "f":
+        raise TypeError(f"dropout: expected a floating Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if not training or p == 0.0:
+        return x
+    xp = _xp(x.data)
+    if p == 1.0:
+        return Dropout(xp.zeros(x.shape, dtype=x.dtype))(x)
+    gen = generator if generator is not None else backend.default_generator(x.device)
+    u = backend.to_device(gen.uniform(x.shape, dtype=x.dtype), x.device)
+    mask = (u >= p).astype(x.dtype)  # kept with probability 1 - p
+    mask *= 1.0 / (1.0 - p)          # inverted scaling: evaluation needs no rescaling
+    return Dropout(mask)(x)

@@ -61,19 +61,20 @@ class Normalize(Function):
     def forward(self, x, *params):
         xp = backend.xp_of(x)
         eps = x.dtype.type(self.eps)
-        self.mean = x.mean(axis=self.axes, keepdims=True)
+        self.mean = _pooled_mean(x, self.axes)
         xhat = x - self.mean
         # Two passes (subtract the mean, then average the squares): E[x^2] - E[x]^2
         # would cancel catastrophically when |mean| >> std.
-        self.var = xp.mean(xhat * xhat, axis=self.axes, keepdims=True)
+        self.var = _pooled_mean(xhat, self.axes, xhat)
         self.rstd = 1 / xp.sqrt(self.var + eps)
         xhat *= self.rstd
         self.xhat = xhat
-        y = xhat
-        if self.has_weight:
-            y = y * params[0]
+        y = xhat * params[0] if self.has_weight else xhat
         if self.has_bias:
-            y = y + params[-1] if y is xhat else _iadd(y, params[-1])
+            if y is xhat:
+                y = y + params[-1]  # a new array: xhat is kept for the backward
+            else:
+                y += params[-1]
         return y
 
     def _xhat_rstd(self):
@@ -99,7 +100,7 @@ class Normalize(Function):
                 g = gy * (rstd * weight)
             else:
                 g = gy * weight * rstd
-            gx = g - mean(g, self.axes, keepdim=True) - xhat * mean(g * xhat, self.axes, keepdim=True)
+            gx = g - _pooled_mean(g, self.axes) - xhat * _pooled_mean(g, self.axes, xhat)
         if weight is not None and weight.requires_grad:
             gw = gy * xhat
         if self.has_bias and self.inputs[-1].requires_grad:
@@ -107,13 +108,52 @@ class Normalize(Function):
         return (gx,) + ((gw,) if self.has_weight else ()) + ((gb,) if self.has_bias else ())
 
 
+def _pooled_mean(a, axes, b=None):
+    """mean(a * b) (or mean(a)) over ``axes``, kept as size-1 dims, for arrays and tensors alike.
+
+    The norms pool over trailing axes (layer and group norm) or over axis 0 plus
+    trailing axes (batch norm).  Sums over trailing axes are done as products with
+    a column of ones and over axis 0 with a row of ones, and mean(a * b) over
+    trailing axes as a batched dot product: one BLAS call each, several times
+    faster than NumPy's reductions, and no full-size temporary for a * b.
+    Other axes fall back to ``mean``.
+    """
+    nd, shape = a.ndim, a.shape
+    is_tensor = isinstance(a, Tensor)
+
+    def trailing(ax):
+        return bool(ax) and ax == tuple(range(nd - len(ax), nd))
+
+    if trailing(axes):
+        lead = 0
+    elif axes and axes[0] == 0 and trailing(axes[1:]):
+        lead = 1
+    else:
+        a = a * b if b is not None else a
+        return mean(a, axes, keepdim=True) if is_tensor else a.mean(axis=axes, keepdims=True)
+    trail = axes[lead:]
+    keep = tuple(1 if i in axes else n for i, n in enumerate(shape))
+    K = int(np.prod(shape[nd - len(trail):]))
+    R = a.size // K
+    xp = backend.xp_of(a.data if is_tensor else a)
+
+    def const(array):
+        return Tensor(array) if is_tensor else array
+
+    if b is not None and not lead:
+        s = a.reshape((R, 1, K)) @ b.reshape((R, K, 1))
+        return s.reshape(keep) * (1.0 / K) if is_tensor else s.reshape(keep) / a.dtype.type(K)
+    if b is not None:
+        a = a * b
+    s = a.reshape((R, K)) @ const(xp.full((K, 1), 1.0 / K, dtype=a.dtype)) if K > 1 else a  # (R, 1)
+    if lead:
+        N = shape[0]
+        s = const(xp.full((1, N), 1.0 / N, dtype=a.dtype)) @ s.reshape((N, R // N))
+    return s.reshape(keep)
+
+
 def _broadcast_size(a, b):
     return int(np.prod(np.broadcast_shapes(a.shape, b.shape)))
-
-
-def _iadd(y, b):
-    y += b
-    return y
 
 
 def _normalize(x, axes, weight, bias, eps):

@@ -250,10 +250,8 @@ class GetItemGrad(Function):
         gx = xp.zeros(self.x_shape, dtype=gy.dtype)
         if _is_basic(self.index):
             gx[self.index] = gy  # basic indices never repeat an element
-        elif xp is np:
-            np.add.at(gx, self.index, gy)
         else:
-            xp.add.at(gx, self.index, gy)
+            xp.add.at(gx, self.index, gy)  # (CuPy has ufunc.at since v12)
         return gx
 
     def backward(self, ggx):
@@ -416,7 +414,6 @@ class Pad(Function):
         self.widths, self.mode, self.value = widths, mode, value  # widths: [(l, r)] per axis
 
     def forward(self, x):
-        self.x_shape = x.shape
         xp = _xp(x)
         if self.mode == "constant":
             crop = tuple(slice(max(-l, 0), n - max(-r, 0)) for (l, r), n in zip(self.widths, x.shape))

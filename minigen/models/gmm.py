@@ -67,13 +67,13 @@ def _logsumexp(a, axis):
     """log Σ exp(a) along ``axis`` without overflow or underflow."""
     xp = backend.xp_of(a)
     m = a.max(axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0.0)
+    m = xp.where(xp.isfinite(m), m, 0.0)            # an all -inf row: avoid -inf - (-inf) = nan
     # subtracting the max makes the largest term exp(0) = 1: nothing overflows, the sum is >= 1
     return (xp.log(xp.exp(a - m).sum(axis=axis, keepdims=True)) + m).squeeze(axis)
 
 
 class GaussianMixture:
-    """A K-component Gaussian mixture fitted by EM (see the module docstring for the equations).
+    """p(x) = Σ_k π_k N(x | μ_k, Σ_k), fitted by EM (the module docstring has the E- and M-steps).
 
     Shapes: X (n, d); weights_ (K,); means_ (K, d); covariances_ and
     precisions_cholesky_ as listed for each ``covariance_type``.
@@ -125,10 +125,14 @@ class GaussianMixture:
         self.n_features_in_ = d
         gen = as_generator(self.generator, backend.device_of(X))
         best = None
-        for _ in range(self.n_init):
-            run = self._fit_once(X, gen)
-            if best is None or run["lower_bound_"] > best["lower_bound_"]:
-                best = run
+        try:
+            for _ in range(self.n_init):
+                run = self._fit_once(X, gen)
+                if best is None or run["lower_bound_"] > best["lower_bound_"]:
+                    best = run
+        except Exception:
+            self.means_ = None                     # a failed fit leaves the model unfitted
+            raise
         for name, value in best.items():
             setattr(self, name, value)
         if not self.converged_ and self.max_iter > 0:

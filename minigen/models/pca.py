@@ -159,14 +159,15 @@ class PCA:
         n, d = X.shape
         if n < 2:
             raise ValueError(f"PCA.fit needs at least 2 samples, got {n}")
-        self.mean_ = X.mean(axis=0)
-        U, S, Vt = xp.linalg.svd(X - self.mean_, full_matrices=False)   # (n, r), (r,), (r, d)
+        mean = X.mean(axis=0)
+        _, S, Vt = xp.linalg.svd(X - mean, full_matrices=False)   # S (r,), Vt (r, d), r = min(n, d)
         Vt = _flip_signs(Vt)
-        eigvals = S ** 2 / (n - 1)            # sample-covariance eigenvalues, descending, r = min(n, d)
+        eigvals = S ** 2 / (n - 1)            # sample-covariance eigenvalues, descending
         total = float(eigvals.sum())
         ratios = eigvals / total if total > 0 else xp.zeros_like(eigvals)
         q = self._choose_q(backend.to_numpy(ratios), n, d)
 
+        self.mean_ = mean
         self.n_components_ = q
         self.n_features_in_ = d
         self.components_ = Vt[:q]
@@ -268,7 +269,8 @@ class PPCA:
 
         E:  M = WᵀW + σ²I,  E[z_n] = M⁻¹Wᵀ(x_n - μ),  E[z_n z_nᵀ] = σ² M⁻¹ + E[z_n] E[z_n]ᵀ
         M:  W_new = [Σ_n (x_n - μ) E[z_n]ᵀ] [Σ_n E[z_n z_nᵀ]]⁻¹
-            σ²_new = 1/(N d) Σ_n { |x_n - μ|² - 2 E[z_n]ᵀ W_newᵀ (x_n - μ) + tr(E[z_n z_nᵀ] W_newᵀ W_new) }
+            σ²_new = 1/(N d) Σ_n { |x_n - μ|² - 2 E[z_n]ᵀ W_newᵀ (x_n - μ)
+                                   + tr(E[z_n z_nᵀ] W_newᵀ W_new) }
 
     until the mean log-likelihood improves by less than ``tol`` (at most
     ``max_iter`` updates).  ``log_likelihoods_[i]`` is the mean log-likelihood
@@ -297,24 +299,18 @@ class PPCA:
         if q >= d or q >= n:
             raise ValueError(f"PPCA.fit: n_components={q} must be smaller than n_features={d} "
                              f"and n_samples={n} (σ² is the variance of the discarded directions)")
-        self.n_features_in_ = d
-        self.mean_ = X.mean(axis=0)
-        Xc = X - self.mean_
+        mean = X.mean(axis=0)
+        Xc = X - mean
         if self.method == "closed_form":
             self._fit_closed_form(Xc)
-            self._check_noise_variance(Xc)
-            self.log_likelihoods_ = [self._mean_log_likelihood(Xc)]
-            self.n_iter_, self.converged_ = 0, True
         else:
             self._fit_em(Xc)
-            self._check_noise_variance(Xc)
+        _check_noise_variance(self.noise_variance_, _largest_variance(Xc))
+        if self.method == "closed_form":
+            self.log_likelihoods_ = [self._mean_log_likelihood(Xc)]
+            self.n_iter_, self.converged_ = 0, True
+        self.mean_, self.n_features_in_ = mean, d       # fitted only once everything succeeded
         return self
-
-    def _check_noise_variance(self, Xc):
-        largest_variance = float((Xc ** 2).sum(axis=0).max()) / Xc.shape[0]
-        if not self.noise_variance_ > RELATIVE_ZERO * largest_variance:
-            raise ValueError("PPCA.fit: the data lies in a q-dimensional subspace, so the ML noise "
-                             "variance is 0 and the likelihood is unbounded; use fewer components")
 
     def _fit_closed_form(self, Xc):
         xp = backend.xp_of(Xc)
@@ -334,6 +330,7 @@ class PPCA:
         q = self.n_components
         gen = as_generator(self.generator, backend.device_of(Xc))
         sq_norm = float((Xc ** 2).sum())                               # Σ_n |x_n - μ|²
+        largest_variance = _largest_variance(Xc)
         W = backend.to_device(gen.normal((d, q), dtype=np.float64), backend.device_of(Xc))
         W = W * math.sqrt(sq_norm / (n * d))                           # the data's scale
         sigma2 = sq_norm / (n * d)
@@ -346,6 +343,7 @@ class PPCA:
             W = xp.linalg.solve(sum_Ezz, XtEz.T).T
             sigma2 = (sq_norm - 2.0 * float((W * XtEz).sum())
                       + float((sum_Ezz * (W.T @ W)).sum())) / (n * d)
+            _check_noise_variance(sigma2, largest_variance)   # on rank-q data σ² would shrink to 0 forever
             new_ll, Ez, sum_Ezz = _ppca_e_step(Xc, W, sigma2, sq_norm)
             lls.append(new_ll)
             if abs(new_ll - ll) < self.tol:
@@ -418,6 +416,16 @@ class PPCA:
         z = backend.to_device(gen.normal((int(n), self.n_components), dtype=np.float64), device)
         eps = backend.to_device(gen.normal((int(n), self.n_features_in_), dtype=np.float64), device)
         return z @ self.W_.T + self.mean_ + math.sqrt(self.noise_variance_) * eps
+
+
+def _largest_variance(Xc):
+    return float((Xc ** 2).sum(axis=0).max()) / Xc.shape[0]
+
+
+def _check_noise_variance(sigma2, largest_variance):
+    if not sigma2 > RELATIVE_ZERO * largest_variance:
+        raise ValueError("PPCA.fit: the data lies in a q-dimensional subspace, so the ML noise "
+                         "variance is 0 and the likelihood is unbounded; use fewer components")
 
 
 def _ppca_e_step(Xc, W, sigma2, sq_norm):

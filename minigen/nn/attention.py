@@ -27,7 +27,9 @@ class MultiheadSelfAttention(Module):
 
     x (B, T, E) with ``batch_first=True`` (else (T, B, E)) -> y of the same shape.
     ``attn_mask`` (T, T) boolean (True = may attend) or additive float, and
-    ``is_causal`` are passed to ``F.scaled_dot_product_attention``; ``dropout``
+    ``is_causal`` are passed to ``F.scaled_dot_product_attention``.  (Careful:
+    ``nn.MultiheadAttention`` reads a boolean mask the other way round, True =
+    masked out; here it means what it means for the functional.)  ``dropout``
     drops attention weights in training mode, with the generator given at
     construction (or the device default).
     Init as PyTorch's MultiheadAttention: qkv.weight Xavier-uniform, both biases 0.

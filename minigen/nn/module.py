@@ -95,11 +95,13 @@ class Module:
     def __setattr__(self, name, value):
         if isinstance(value, (Parameter, Module)):
             params, buffers, modules = self._dicts()
+            target = params if isinstance(value, Parameter) else modules
             for store in (params, buffers, modules):   # a name lives in one place only
-                store.pop(name, None)
+                if store is not target:
+                    store.pop(name, None)
             self.__dict__.pop(name, None)
             self._non_persistent.discard(name)
-            (params if isinstance(value, Parameter) else modules)[name] = value
+            target[name] = value                       # a reassigned name keeps its place in the order
             return
         d = self.__dict__
         if name in d.get("_parameters", ()):
@@ -431,13 +433,15 @@ class Module:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{type(self).__name__}.load: no such file: {path}")
+        what = f"{type(self).__name__}.load: {path} is not a readable .npz weights file"
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            npz = np.load(path, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single array, not named arrays")
+            with npz:
                 state = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError) as exc:
-            # AttributeError: a plain .npy file loads as an array without .files
-            raise ValueError(f"{type(self).__name__}.load: {path} is not a readable .npz weights file "
-                             f"({type(exc).__name__}: {exc})") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{what} ({type(exc).__name__}: {exc})") from None
         try:
             return self.load_state_dict(state, strict=strict)
         except RuntimeError as exc:

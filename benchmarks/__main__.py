@@ -1,0 +1,14 @@
+"""``python -m benchmarks``: run the workloads W0-W5 (see benchmarks/README.md).
+
+The BLAS/OpenMP thread count must be fixed before NumPy (or PyTorch) is
+imported, so it is set here, first: 2 threads unless the environment already
+says otherwise.  PyTorch's intra-op threads are set to the same number.
+"""
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "2")
+
+from .run import main  # noqa: E402  (after the thread settings, on purpose)
+
+raise SystemExit(main())

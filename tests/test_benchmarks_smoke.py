@@ -1,0 +1,102 @@
+"""Smoke tests of benchmarks/: every workload runs, prints parseable JSON, and checks out.
+
+``python -m benchmarks --quick`` shrinks every workload (small batches, 2 timed
+calls), so this runs the real code paths of W0-W5 in a few seconds.  With
+PyTorch installed the twins are timed too, and ``--check`` compares one W1 step
+(loss, every gradient, the loss after Adam) with PyTorch on identical weights;
+a planted discrepancy shows that the comparison can fail.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run
+from benchmarks.common import Settings, measure, rel_err
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _has_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_measure_counts_calls_and_reports_positive_times():
+    calls = []
+    res = measure({"a": lambda: calls.append(1), "b": lambda: sum(range(1000))},
+                  Settings(repeats=7, warmup_s=0.0, min_warmup=2, rounds=3))
+    assert len(calls) == 2 + 7  # warm-up, then the timed calls split over 3 rounds
+    for name in ("a", "b"):
+        r = res[name]
+        assert r["repeats"] == 7
+        assert 0 < r["min_ms"] <= r["p25_ms"] <= r["ms"] <= r["p75_ms"]
+        assert r["minor_faults_per_call"] >= 0 and r["peak_rss_mb"] > 0
+
+
+def test_rel_err_is_scale_free_and_flags_differences():
+    assert rel_err([1.0, 2.0], [1.0, 2.0]) == 0.0
+    assert rel_err([0.0, 0.0], [3.0, 4.0]) == pytest.approx(1.0)
+    assert rel_err([3e-6, 4e-6], [3e-6, 4.01e-6]) == pytest.approx(rel_err([3.0, 4.0], [3.0, 4.01]))
+    assert rel_err([1e-9], [0.0], scale=1.0) == pytest.approx(1e-9)
+    with pytest.raises(ValueError, match="shapes differ"):
+        rel_err([1.0], [1.0, 2.0])
+
+
+def test_quick_run_of_every_workload(capsys):
+    argv = ["--quick"] + ([] if _has_torch() else ["--no-torch"])
+    assert run.main(argv) == 0
+    records = _json_lines(capsys.readouterr().out)
+    expected = {("W0", "matmul"), ("W1", "default-adam"), ("W1", "fused-adam"), ("W2", "dcgan"),
+                ("W3", "ddpm-unet"), ("W4", "fwd"), ("W4", "fwd+bwd"), ("W5", "sdpa"), ("W5", "explicit")}
+    assert {(r["workload"], r["variant"]) for r in records} == expected
+    for r in records:
+        assert r["minigen_ms"] > 0 and r["repeats"] == 2 and r["quick"] is True
+        assert r["minor_faults_per_call"] >= 0 and r["peak_rss_mb"] > 0
+        if _has_torch():
+            assert r["torch_ms"] > 0
+            assert r["ratio"] == pytest.approx(r["minigen_ms"] / r["torch_ms"], rel=1e-3)
+
+
+def test_command_line_sets_two_threads_and_prints_json():
+    """`python -m benchmarks` as a user runs it (W0 only, to stay fast)."""
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--no-torch", "--only", "W0"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = _json_lines(proc.stdout)
+    assert rec["workload"] == "W0" and rec["threads"] == 2 and rec["numpy_ms"] > 0
+
+
+def test_unknown_workload_is_refused():
+    with pytest.raises(SystemExit):
+        run.parse_args(["--only", "W9"])
+
+
+def test_check_w1_matches_pytorch(capsys):
+    pytest.importorskip("torch")
+    assert run.main(["--check", "--quick", "--only", "W1"]) == 0
+    (rec,) = _json_lines(capsys.readouterr().out)
+    assert rec["check"] == "W1" and rec["ok"] is True and rec["compared"] == 16
+    assert rec["worst_rel_err"] < 1e-4
+
+
+def test_check_catches_a_planted_difference(capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from benchmarks import torch_twins
+
+    original = torch_twins.vae_loss
+    monkeypatch.setattr(torch_twins, "vae_loss", lambda model, x, eps: original(model, x, eps) * 1.001)
+    assert run.main(["--check", "--quick", "--only", "W1"]) == 1
+    (rec,) = _json_lines(capsys.readouterr().out)
+    assert rec["ok"] is False and any(f.startswith("loss") for f in rec["failed"])

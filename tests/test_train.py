@@ -1,0 +1,149 @@
+"""The training loop and CLI: run files, exact resume, Ctrl-C, non-finite losses, error paths."""
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from minigen.checkpoint import load_tree
+from minigen.cli import main
+from minigen.train import NonFiniteLossError, TrainingError, families, train
+
+TINY = {"arch": "mlp", "hidden": 16, "latent_dim": 3, "steps": 6, "batch_size": 16, "log_every": 1,
+        "checkpoint_every": 2, "sample_every": 0, "n_samples": 4, "eval_samples": 0}
+
+
+def _losses(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def test_autoencoder_is_registered():
+    assert "autoencoder" in families()
+
+
+def test_run_writes_its_files(tmp_path):
+    run = train("autoencoder", dict(TINY), out_dir=str(tmp_path / "run"), progress=False, verbose=False)
+    for name in ["config.json", "metrics.jsonl", "checkpoint.npz", "samples.png", "curves.png"]:
+        assert os.path.getsize(os.path.join(run, name)) > 0, name
+    assert [s for s, _ in _losses(run)] == list(range(1, 7))
+    assert load_tree(os.path.join(run, "checkpoint.npz"))["step"] == 6
+
+
+def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    full = train("autoencoder", dict(TINY), out_dir=str(tmp_path / "full"), progress=False, verbose=False)
+
+    from minigen.models.autoencoder import AutoencoderRecipe
+    real_step = AutoencoderRecipe.train_step
+    calls = {"n": 0}
+
+    def interrupted_step(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 4:  # a real Ctrl-C (SIGINT) arrives during step 4
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(AutoencoderRecipe, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        train("autoencoder", dict(TINY), out_dir=str(tmp_path / "cut"), progress=False, verbose=False)
+    monkeypatch.setattr(AutoencoderRecipe, "train_step", real_step)
+    # the loop finished step 4, saved, then stopped
+    assert load_tree(os.path.join(tmp_path / "cut", "checkpoint.npz"))["step"] == 4
+
+    train(None, resume=str(tmp_path / "cut"), progress=False, verbose=False)
+    a, b = _losses(full), _losses(str(tmp_path / "cut"))
+    assert [s for s, _ in b] == list(range(1, 7))
+    np.testing.assert_array_equal([l for _, l in a], [l for _, l in b])  # bit-for-bit the same losses
+
+
+def test_exception_inside_a_step_rewinds_the_streams(tmp_path, monkeypatch):
+    # A KeyboardInterrupt raised inside a step (not via the signal) leaves that step uncounted:
+    # the checkpoint holds step 3 with the random streams as they were before step 4.
+    full = train("autoencoder", dict(TINY), out_dir=str(tmp_path / "full"), progress=False, verbose=False)
+    from minigen.models.autoencoder import AutoencoderRecipe
+    real_step = AutoencoderRecipe.train_step
+    calls = {"n": 0}
+
+    def raising(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(AutoencoderRecipe, "train_step", raising)
+    with pytest.raises(KeyboardInterrupt):
+        train("autoencoder", dict(TINY), out_dir=str(tmp_path / "cut"), progress=False, verbose=False)
+    monkeypatch.setattr(AutoencoderRecipe, "train_step", real_step)
+    assert load_tree(os.path.join(tmp_path / "cut", "checkpoint.npz"))["step"] == 3
+    train(None, resume=str(tmp_path / "cut"), progress=False, verbose=False)
+    np.testing.assert_array_equal([l for _, l in _losses(full)], [l for _, l in _losses(str(tmp_path / "cut"))])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from minigen.models.autoencoder import AutoencoderRecipe
+    real_step = AutoencoderRecipe.train_step
+    calls = {"n": 0}
+
+    def exploding(self, x, y):
+        calls["n"] += 1
+        out = real_step(self, x, y)
+        return {"loss": float("nan")} if calls["n"] == 5 else out
+
+    monkeypatch.setattr(AutoencoderRecipe, "train_step", exploding)
+    run = str(tmp_path / "nan")
+    with pytest.raises(NonFiniteLossError, match=r"step 5: loss is nan.*checkpoint.npz \(step 4\)"):
+        train("autoencoder", dict(TINY), out_dir=run, progress=False, verbose=False)
+    assert load_tree(os.path.join(run, "checkpoint.npz"))["step"] == 4
+    assert [s for s, _ in _losses(run)] == [1, 2, 3, 4]
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(TrainingError, match="unknown family 'nope'"):
+        train("nope", {}, progress=False)
+    with pytest.raises(TrainingError, match="unknown option.*colour"):
+        train("autoencoder", {"colour": 3}, progress=False)
+    with pytest.raises(TrainingError, match="batch_size must be positive"):
+        train("autoencoder", {"batch_size": 0}, progress=False)
+    with pytest.raises(TrainingError, match="arch must be"):
+        train("autoencoder", {"arch": "transformer"}, progress=False)
+
+
+def _cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_error_paths_exit_2_with_one_line(capsys, tmp_path):
+    code, _, err = _cli(capsys, "train", "nope")
+    assert code == 2 and "unknown family 'nope'" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "autoencoder", "--colour", "red"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --colour" in capsys.readouterr().err
+    code, _, err = _cli(capsys, "train", "autoencoder", "--batch-size", "0", "--out", str(tmp_path / "x"))
+    assert code == 2 and "batch_size must be positive" in err
+    code, _, err = _cli(capsys, "eval", str(tmp_path / "missing"))
+    assert code == 2 and "not a run directory" in err
+
+
+def test_cli_unreadable_checkpoint(capsys, tmp_path):
+    run = train("autoencoder", dict(TINY), out_dir=str(tmp_path / "run"), progress=False, verbose=False)
+    with open(os.path.join(run, "checkpoint.npz"), "wb") as f:
+        f.write(b"garbage")
+    code, _, err = _cli(capsys, "sample", run)
+    assert code == 2 and "checkpoint.npz: not a readable checkpoint" in err
+
+
+def test_cli_train_list_and_sample(capsys, tmp_path):
+    run = str(tmp_path / "cli")
+    code, out, _ = _cli(capsys, "train", "autoencoder", "--steps", "3", "--batch-size", "8", "--hidden", "8",
+                        "--eval-samples", "0", "--sample-every", "0", "--no-progress", "--out", run)
+    assert code == 0 and "test_recon_loss" in out
+    assert json.load(open(os.path.join(run, "config.json")))["config"]["hidden"] == 8
+    code, out, _ = _cli(capsys, "list")
+    assert code == 0 and "autoencoder" in out
+    code, out, _ = _cli(capsys, "sample", run, "--n", "9")
+    assert code == 0 and os.path.exists(os.path.join(run, "samples_cli.png"))
