@@ -55,6 +55,7 @@ class Settings:
     max_repeats: int = 2000
     rounds: int = 3              # blocks per engine, taken in turns
     use_torch: bool = True       # time the PyTorch twin when torch is importable
+    tune_malloc: bool = False    # glibc told to keep freed memory (see tune_malloc)
     seed: int = 0
 
     def __post_init__(self):
@@ -124,6 +125,25 @@ def _machine_busy_s():
 def _own_cpu_s():
     t = os.times()
     return t.user + t.system
+
+
+def wait_idle(max_wait_s, window_s=1.0, threshold_cores=0.1, quiet_windows=3) -> float:
+    """Wait until other processes use < ``threshold_cores`` for ``quiet_windows`` windows in a row.
+
+    Gives up after ``max_wait_s`` seconds; returns the seconds waited.
+    """
+    t0 = time.time()
+    quiet = 0
+    while time.time() - t0 < max_wait_s:
+        busy0, own0, w0 = _machine_busy_s(), _own_cpu_s(), time.time()
+        if busy0 is None:
+            break
+        time.sleep(window_s)
+        load = ((_machine_busy_s() - busy0) - (_own_cpu_s() - own0)) / (time.time() - w0)
+        quiet = quiet + 1 if load < threshold_cores else 0
+        if quiet >= quiet_windows:
+            break
+    return time.time() - t0
 
 
 # ----------------------------------------------------------------------------
@@ -287,3 +307,31 @@ class Case:
     engines: dict
     rows: list
     info: dict = field(default_factory=dict)   # fields copied into every row (shapes, params)
+
+
+def tune_malloc() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
+
+    NumPy allocates every large array afresh; above glibc's mmap threshold each
+    one is a new mapping that the kernel must fault in and zero, and is unmapped
+    again when freed (REFERENCE.md: 10-25% of a step).  A 1 GiB mmap threshold
+    and trim threshold make such arrays come from the heap and stay there.
+    Same effect as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the
+    environment.  Applies to the whole process (the torch twin too).  Returns
+    False where there is no glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+        ok = libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(1 << 30))
+        ok &= libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2 ** 31 - 1))
+        ok &= libc.mallopt(M_TOP_PAD, ctypes.c_int(64 << 20))
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False

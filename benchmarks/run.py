@@ -9,6 +9,8 @@
     --device cpu|gpu  minigen's backend (gpu: CuPy; the twin runs on CUDA if torch has it)
     --check           no timing: copy minigen's initial weights into the torch twin and
                       compare one step's losses and gradients (a guard for the benchmark)
+    --tune-malloc     mallopt: freed memory stays in the heap (measures allocation churn)
+    --wait-idle S     before each workload wait up to S s until other processes leave the CPUs idle
     -v, --verbose     with --check: print every compared quantity to stderr
     --profile N       no timing: cProfile the minigen step and print the top N functions
 
@@ -33,7 +35,7 @@ import numpy as np
 import minigen as mg
 from minigen import backend
 
-from .common import Settings, emit, measure
+from .common import Settings, emit, measure, tune_malloc, wait_idle
 
 WORKLOADS = {
     "W0": "w0_matmul",
@@ -43,6 +45,10 @@ WORKLOADS = {
     "W4": "w4_conv",
     "W5": "w5_dit_block",
 }
+
+
+# other processes busy on more than this many cores during a timed block: the timing is polluted
+NOISY_CORES = 0.1
 
 
 def workload_module(name):
@@ -61,6 +67,10 @@ def parse_args(argv=None):
     ap.add_argument("--no-torch", action="store_true", help="do not time the PyTorch twins")
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="minigen's backend")
     ap.add_argument("--check", action="store_true", help="compare one step against PyTorch, no timing")
+    ap.add_argument("--tune-malloc", action="store_true",
+                    help="keep freed memory in glibc's heap (mallopt) to measure allocation churn")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                    help="before each workload, wait up to S seconds for other processes to go quiet")
     ap.add_argument("-v", "--verbose", action="store_true", help="--check: print every compared quantity")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="cProfile the minigen step and print the top N functions, no timing")
@@ -116,7 +126,8 @@ def header(settings, twins):
     torch_version = twins.torch.__version__ if twins is not None else None
     return {"python": platform.python_version(), "numpy": np.__version__, "minigen": mg.__version__,
             "torch": torch_version, "threads": thread_count(), "device": settings.device,
-            "quick": settings.quick, "machine": platform.machine(), "cpus": os.cpu_count()}
+            "quick": settings.quick, "tune_malloc": settings.tune_malloc, "machine": platform.machine(),
+            "cpus": os.cpu_count()}
 
 
 def timing_records(name, case, results, settings):
@@ -157,7 +168,8 @@ def timing_records(name, case, results, settings):
         foreign = [r["foreign_cpu_cores"] for r in (mine, theirs) if r and r["foreign_cpu_cores"] is not None]
         if foreign:
             rec["foreign_cpu_cores"] = max(foreign)
-        rec.update({"threads": thread_count(), "quick": settings.quick})
+            rec["noisy"] = max(foreign) > NOISY_CORES
+        rec.update({"threads": thread_count(), "quick": settings.quick, "tune_malloc": settings.tune_malloc})
         rec.update(case.info)
         out.append(rec)
     return out
@@ -167,6 +179,9 @@ def run_timing(args, settings, twins, torch_device):
     sync = make_sync(settings, twins, torch_device)
     for name in args.names:
         mod = workload_module(name)
+        if args.wait_idle > 0:
+            waited = wait_idle(args.wait_idle)
+            print(f"# {name}: waited {waited:.0f} s for an idle machine", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         case = mod.build(settings, twins, torch_device)
         results = measure(case.engines, settings, sync)
@@ -227,7 +242,15 @@ def main(argv=None) -> int:
                         budget_s=args.budget, rounds=args.rounds,
                         use_torch=not args.no_torch and not args.profile)
     if settings.device == "gpu" and not mg.gpu_available():
-        backend.get_array_module("gpu")  # raises the install hint
+        try:
+            backend.get_array_module("gpu")
+        except RuntimeError as exc:  # the backend's one-sentence install hint
+            print(f"--device gpu: {exc}", file=sys.stderr)
+            return 2
+    if args.tune_malloc:
+        settings.tune_malloc = tune_malloc()
+        if not settings.tune_malloc:
+            print("# --tune-malloc: no glibc mallopt here; running untuned", file=sys.stderr)
     twins, torch_device = load_twins(settings)
     print("# " + " ".join(f"{k}={v}" for k, v in header(settings, twins).items()), file=sys.stderr, flush=True)
     if args.profile:

@@ -43,7 +43,8 @@ def tensor(array, device="cpu", requires_grad=False):
     return t.requires_grad_(requires_grad)
 
 
-def numpy(t) -> np.ndarray:
+def to_numpy(t) -> np.ndarray:
+    """A host NumPy copy of a torch tensor (detached)."""
     return t.detach().cpu().numpy()
 
 
@@ -67,7 +68,7 @@ def load_minigen_weights(twin: tnn.Module, module, device="cpu") -> tnn.Module:
 
 def grads_by_name(module: tnn.Module) -> dict:
     """name -> gradient (NumPy) of every parameter that has one."""
-    return {n: numpy(p.grad) for n, p in module.named_parameters() if p.grad is not None}
+    return {n: to_numpy(p.grad) for n, p in module.named_parameters() if p.grad is not None}
 
 
 # ----------------------------------------------------------------------------

@@ -41,5 +41,5 @@ def check(settings, twins, torch_device):
     g = mg.Generator(settings.seed, "cpu")
     a, b = g.normal((64, 48)), g.normal((48, 32))
     ours = mg.matmul(mg.tensor(a, device=settings.device), mg.tensor(b, device=settings.device)).numpy()
-    ref = twins.numpy(twins.tensor(a, torch_device) @ twins.tensor(b, torch_device))
+    ref = twins.to_numpy(twins.tensor(a, torch_device) @ twins.tensor(b, torch_device))
     return [("C", rel_err(ours, ref), 1e-5)]

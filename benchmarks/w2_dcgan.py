@@ -179,7 +179,7 @@ def check(settings, twins, torch_device):
     for name, p in D.named_parameters():
         if f"D.{name}" in BIAS_BEFORE_BN:
             continue
-        ours, theirs = p.numpy() - before[name], twins.numpy(tparams[name]) - before[name]
+        ours, theirs = p.numpy() - before[name], twins.to_numpy(tparams[name]) - before[name]
         moved_apart += int(np.sum(np.abs(ours - theirs) > 1e-6))
         total += ours.size
     out.append(("share of D weights Adam moved differently", moved_apart / total, 1e-3))
@@ -191,7 +191,7 @@ def check(settings, twins, torch_device):
     loss_g.backward()
     tloss_g.backward()
     out += [("loss_G", rel_err(loss_g.item(), tloss_g.item()), 1e-5)] + grads("G", G, tG)
-    tstate = {k: twins.numpy(v) for k, v in tG.state_dict().items()}
+    tstate = {k: twins.to_numpy(v) for k, v in tG.state_dict().items()}
     for key, value in G.state_dict().items():
         if "running" in key:
             out.append((f"G.{key}", rel_err(value.numpy(), tstate[key]), 1e-4))

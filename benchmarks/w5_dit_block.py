@@ -114,7 +114,7 @@ def check(settings, twins, torch_device):
         tparams = dict(twin.named_parameters())
         tgrads = twins.torch.autograd.grad(ty, [tx] + [tparams[n] for n, _ in params],
                                            twins.tensor(gy_host, torch_device))
-        out.append((f"{variant} y", rel_err(y.numpy(), twins.numpy(ty)), 1e-5))
+        out.append((f"{variant} y", rel_err(y.numpy(), twins.to_numpy(ty)), 1e-5))
         for (name, _), ours, theirs in zip([("x", None)] + params, grads, tgrads):
-            out.append((f"{variant} grad {name}", rel_err(ours.numpy(), twins.numpy(theirs)), 1e-4))
+            out.append((f"{variant} grad {name}", rel_err(ours.numpy(), twins.to_numpy(theirs)), 1e-4))
     return out

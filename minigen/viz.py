@@ -1,4 +1,4 @@
-"""Pictures: image grids, training curves, 2-D densities, latent maps, interpolations, trajectories.
+"""Pictures: image grids, training curves, 2-D densities and mixtures, latent maps, interpolations, trajectories.
 
 Every function draws one figure, saves it as a PNG at ``path`` (creating the
 directory), and returns the ``matplotlib.figure.Figure`` so a caller or a test
@@ -25,7 +25,7 @@ from . import backend
 from .autograd import Tensor
 
 __all__ = ["make_grid", "save_image_grid", "plot_curves", "read_metrics", "plot_density", "plot_samples",
-           "plot_latent", "plot_interpolation", "plot_trajectory"]
+           "plot_latent", "plot_interpolation", "plot_trajectory", "plot_gmm"]
 
 
 # ----------------------------------------------------------------------------
@@ -346,4 +346,63 @@ def plot_latent(z, labels, path, title="latent space", class_names=None):
             points = ax.scatter(z[:, 0], z[:, 1], s=3, c=labels, cmap="viridis", alpha=0.7)
             fig.colorbar(points, ax=ax, label="label")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return _save(fig, path)
+
+
+def _covariance_matrices(gmm):
+    """A fitted GaussianMixture's covariances as (K, d, d), whatever its covariance_type."""
+    cov = _np(gmm.covariances_)
+    k, d = _np(gmm.means_).shape
+    kind = gmm.covariance_type
+    if kind == "full":
+        return cov
+    if kind == "tied":
+        return np.broadcast_to(cov, (k, d, d))
+    if kind == "diag":
+        return np.stack([np.diag(v) for v in cov])
+    return cov[:, None, None] * np.eye(d)          # spherical: one variance per component
+
+
+def plot_gmm(gmm, X, path, title="Gaussian mixture", n_std=2.0, xlim=None, ylim=None, grid_size=200,
+             span=12.0, levels=13):
+    """A fitted 2-D Gaussian mixture over its data: log-density contours and covariance ellipses.
+
+    Filled contours show log p(x) from its maximum down ``span`` nats (lower
+    values share the darkest colour).  Each component k gets the ellipse
+    (x - mu_k)^T Sigma_k^-1 (x - mu_k) = n_std^2: its axes point along the
+    eigenvectors of Sigma_k and its semi-axes are n_std * sqrt(eigenvalue);
+    the line width grows with the weight pi_k.  X: (N, 2) data points.
+    """
+    from matplotlib.patches import Ellipse
+
+    X = _np(X).astype(np.float64)
+    means = _np(gmm.means_).astype(np.float64)
+    if X.ndim != 2 or X.shape[1] != 2 or means.shape[1] != 2:
+        raise ValueError(f"plot_gmm: needs a mixture on 2-D points and X of shape (N, 2), got X {X.shape} "
+                         f"and means {means.shape}")
+    lo, hi = X.min(axis=0), X.max(axis=0)
+    pad = 0.15 * (hi - lo).max()
+    xlim = xlim or (lo[0] - pad, hi[0] + pad)
+    ylim = ylim or (lo[1] - pad, hi[1] + pad)
+    gx, gy = np.meshgrid(np.linspace(*xlim, grid_size), np.linspace(*ylim, grid_size))
+    log_p = _np(gmm.score_samples(np.stack([gx.ravel(), gy.ravel()], axis=1))).reshape(grid_size, grid_size)
+    top = float(log_p.max())
+    fig = _figure(5.4, 4.6)
+    ax = fig.add_subplot()
+    filled = ax.contourf(gx, gy, np.maximum(log_p, top - span), levels=np.linspace(top - span, top, levels),
+                         cmap="viridis")
+    fig.colorbar(filled, ax=ax, label="log p(x)")
+    ax.scatter(X[:, 0], X[:, 1], s=2, c="white", alpha=0.5, label="data")
+    weights = _np(gmm.weights_)
+    for k, (mean, cov) in enumerate(zip(means, _covariance_matrices(gmm))):
+        eigvals, eigvecs = np.linalg.eigh(cov)                       # ascending; last column: major axis
+        angle = np.degrees(np.arctan2(eigvecs[1, 1], eigvecs[0, 1]))
+        width, height = 2 * n_std * np.sqrt(eigvals[::-1])           # full axis lengths, major first
+        ax.add_patch(Ellipse(mean, width, height, angle=angle, fill=False, color="tab:red",
+                             lw=0.5 + 1.5 * weights[k] * len(weights),      # 2 points for an average weight
+                             label=f"{n_std:g}-sigma ellipses" if k == 0 else None))
+    ax.scatter(means[:, 0], means[:, 1], marker="x", s=15, c="tab:red", label="means")
+    ax.legend(loc="best", fontsize="small", markerscale=2)
+    ax.set(xlim=xlim, ylim=ylim, title=title, xlabel="x1", ylabel="x2")
+    ax.set_aspect("equal")
     return _save(fig, path)

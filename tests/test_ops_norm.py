@@ -129,6 +129,9 @@ def test_batch_norm_gradgradcheck(device):
     rng = np.random.default_rng(8)
     fn = lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True)  # noqa: E731
     gradgradcheck(fn, [arr(rng, 3, 2, 2), arr(rng, 2), arr(rng, 2)], device=device)
+    rm, rv = t(arr(rng, 2), device), t(rng.uniform(0.5, 2.0, 2), device)
+    # eval mode: y is affine in x, so only the weight-x cross terms survive
+    gradgradcheck(lambda x, w: F.batch_norm(x, rm, rv, w), [arr(rng, 3, 2), arr(rng, 2)], device=device)
 
 
 def test_gradgradcheck_needs_the_recorded_statistics(monkeypatch):

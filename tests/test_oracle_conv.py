@@ -14,6 +14,13 @@ import minigen as mg  # noqa: E402
 import minigen.functional as F  # noqa: E402
 
 RNG = np.random.default_rng(7)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rng():
+    """Every test draws the same values whichever tests ran before it."""
+    global RNG
+    RNG = np.random.default_rng(7)
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-10), np.float32: dict(rtol=2e-4, atol=2e-4)}
 
 
@@ -92,6 +99,9 @@ def test_pools_match_torch(op, kw):
     dict(size=(4, 3), mode="bilinear"),
     dict(scale_factor=2, mode="bilinear"),
     dict(scale_factor=(1.5, 2.5), mode="bilinear"),
+    dict(scale_factor=(1.1, 1.3), mode="bilinear"),  # H stays 6: an unchanged axis is copied
+    dict(scale_factor=2.1),                   # output exactly 2x the input: PyTorch doubles, dst // 2
+    dict(scale_factor=0.7),
 ])
 def test_interpolate_matches_torch(kw):
     x = RNG.standard_normal((2, 3, 6, 7))

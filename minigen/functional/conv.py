@@ -13,7 +13,7 @@ with Wm the weight laid out as (K, F).  No copying loop is needed to build
 cols: a strided *view* of the zero-padded input (``as_strided``) already has
 shape (N, OH, OW, kh, kw, C), and reshaping it to (P, K) is a single copy.
 
-Layout choices (they decide the speed, see benchmarks/scratch_conv.py):
+Layout choices (they decide the speed; measured on benchmark workload W4):
 * The padded input is stored channels-last (N, Hp, Wp, C), so in the window
   view the innermost run (kw taps x C channels) is contiguous memory.
 * The product gives channels-last rows (P, F); one transpose makes NCHW.
@@ -46,7 +46,7 @@ import numpy as np
 
 from ..autograd import Function, Tensor
 from .. import backend
-from .shape import GetItemGrad, getitem, reshape
+from .shape import GetItemGrad, reshape
 
 __all__ = ["conv2d", "conv_transpose2d", "avg_pool2d", "max_pool2d", "interpolate"]
 
@@ -501,15 +501,20 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
 # axis, adjoint gx = A^T gy.
 
 def _nearest_axis(n_in, n_out, scale):
-    """PyTorch's nearest rule: source index floor(dst * scale), clamped to the input."""
-    if scale is None and n_out % n_in == 0:
+    """PyTorch's nearest rule: source index floor(dst * scale), clamped to the input.
+
+    scale = in/out, or 1/scale_factor when one was given; like PyTorch, an output of
+    exactly 1x or 2x the input always copies / doubles each entry.
+    """
+    if n_out in (n_in, 2 * n_in) or (scale is None and n_out % n_in == 0):
         return ("repeat", n_out // n_in)
     if scale is not None and float(scale).is_integer() and n_out == n_in * int(scale):
         return ("repeat", int(scale))
     if scale is None:
         src = np.arange(n_out) * n_in // n_out  # floor(dst * in/out), exactly in integers
-    else:
-        src = np.minimum(np.floor(np.arange(n_out) / scale).astype(np.int64), n_in - 1)
+    else:  # PyTorch multiplies by 1/scale_factor in float32
+        step = np.float32(1.0 / scale)
+        src = np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * step).astype(np.int64), n_in - 1)
     A = np.zeros((n_out, n_in))
     A[np.arange(n_out), src] = 1.0
     return ("matrix", A)
@@ -520,7 +525,10 @@ def _bilinear_axis(n_in, n_out, scale, align_corners):
 
     align_corners=True:  src = dst (in-1)/(out-1)   (corner pixels line up)
     align_corners=False: src = (dst + 0.5) / scale - 0.5, clamped at 0  (pixel areas line up)
+    An axis whose size does not change is copied, as PyTorch does, whatever the scale.
     """
+    if n_out == n_in:
+        return ("repeat", 1)
     dst = np.arange(n_out, dtype=np.float64)
     if align_corners:
         src = dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)

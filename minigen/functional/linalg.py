@@ -8,6 +8,7 @@ have to sum: same numbers, one BLAS call.
 """
 from __future__ import annotations
 
+from .. import backend
 from ..autograd import Function
 from .shape import reshape, transpose
 
@@ -33,6 +34,9 @@ class MatMul(Function):
         if ka != kb:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match "
                              f"(inner dimensions {ka} and {kb})")
+        if b.ndim > 2 and b.strides[-2] == b.itemsize:
+            # a transposed view as right operand makes batched BLAS slow: copy it once
+            b = backend.xp_of(b).ascontiguousarray(b)
         return a @ b
 
     def backward(self, gy):
@@ -79,14 +83,15 @@ class Linear(Function):
         if x.shape[-1] != W.shape[1]:
             raise ValueError(f"linear: input has {x.shape[-1]} features (shape {x.shape}) but the "
                              f"weight expects {W.shape[1]} (weight shape {W.shape})")
-        y = x @ W.T
+        # fold leading dims into one: (B, T, in) @ (in, out) as one matrix product, not B small ones
+        y = (x.reshape(-1, x.shape[-1]) @ W.T).reshape(x.shape[:-1] + (W.shape[0],))
         if b is not None:
             y += b
         return y
 
     def backward(self, gy):
         x, W = self.inputs[0], self.inputs[1]
-        gx = gy @ W if x.requires_grad else None
+        gx = reshape(reshape(gy, (-1, gy.shape[-1])) @ W, x.shape) if x.requires_grad else None
         gW = None
         if W.requires_grad:
             x2 = reshape(x, (-1, x.shape[-1]))

@@ -151,7 +151,15 @@ class SumTo(Function):
             raise ValueError(f"sum_to: cannot sum shape {x.shape} to the larger shape {self.shape}")
         axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(self.shape)
                                           if n == 1 and x.shape[lead + i] != 1)
-        y = x.sum(axis=axes, keepdims=True) if axes else x
+        y, k = x, 0
+        while k < x.ndim and k in axes:
+            k += 1
+        if k:  # a leading run of reduced axes: one sum over a merged axis 0 adds contiguous slabs (fast)
+            y = y.reshape((-1,) + y.shape[k:]).sum(axis=0)
+            y = y.reshape((1,) * k + y.shape)
+        rest = tuple(a for a in axes if a >= k)
+        if rest:
+            y = y.sum(axis=rest, keepdims=True)
         if lead:
             y = y.reshape(self.shape)
         if y.shape != self.shape:

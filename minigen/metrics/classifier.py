@@ -97,27 +97,29 @@ def train_classifier(train_set, test_set, epochs=None, batch_size=64, lr=1e-3, s
     """Train a LeNet with minigen on a dataset; returns (model, test accuracy)."""
     from ..data import DataLoader
 
-    if epochs is None:  # about 50,000 image presentations for the small set, 2 epochs for the full ones
-        epochs = max(2, int(np.ceil(50_000 / len(train_set))))
-    model = LeNet(generator=backend.Generator(seed)).to(device)
-    opt = optim.Adam(model.parameters(), lr=lr)
-    loader = DataLoader((train_set.images, train_set.labels), batch_size=batch_size, shuffle=True,
-                        drop_last=True, generator=backend.Generator(seed + 1))
-    steps = epochs * len(loader)
-    schedule = optim.lr_scheduler_cosine(opt, total_steps=steps) if hasattr(optim, "lr_scheduler_cosine") else None
+    if epochs is None:  # about 60,000 image presentations for the small set, 2 epochs for the full ones
+        epochs = max(2, int(np.ceil(60_000 / len(train_set))))
     from tqdm import tqdm
 
-    bar = tqdm(total=steps, disable=not verbose, desc=f"classifier ({train_set.name})")
+    from ..data.transforms import random_shift
+
+    model = LeNet(generator=backend.Generator(seed)).to(device)
+    opt = optim.Adam(model.parameters(), lr=lr)
+    aug_gen = backend.Generator(seed + 2)
+    loader = DataLoader((train_set.images, train_set.labels), batch_size=batch_size, shuffle=True,
+                        drop_last=True, generator=backend.Generator(seed + 1), device=device,
+                        transform=lambda x: random_shift(x, 2, aug_gen))  # +-2 pixel translations
+    steps = epochs * len(loader)
+    schedule = optim.CosineWarmupLR(opt, warmup_steps=min(100, steps // 10), total_steps=steps)
+    bar = tqdm(total=steps, disable=not verbose, desc=f"classifier ({train_set.name})", mininterval=2.0)
     for _ in range(epochs):
         for xb, yb in loader:
             opt.zero_grad()
-            loss = F.cross_entropy(model(xb.to(device)), yb.to(device))
+            loss = F.cross_entropy(model(xb), yb)
             loss.backward()
             opt.step()
-            if schedule is not None:
-                schedule.step()
+            schedule.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     clf = ReferenceClassifier(model, 0.0, train_set.name, train_set.source, device)
     clf.test_accuracy = clf.accuracy(test_set.images, test_set.labels)

@@ -5,7 +5,10 @@ Classical latent-variable models (notes §1), fitted by hand-derived updates:
 the ``Autoencoder`` (autoencoder.py) is trained by the engine.
 """
 from .autoencoder import Autoencoder
+from .gan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 from .gmm import GaussianMixture
 from .pca import PCA, PPCA
+from .vae import VAE, Decoder, Encoder
 
-__all__ = ["PCA", "PPCA", "GaussianMixture", "Autoencoder"]
+__all__ = ["PCA", "PPCA", "GaussianMixture", "Autoencoder", "MLPGenerator", "MLPDiscriminator", "DCGANGenerator", "DCGANDiscriminator"]
+__all__ += ["VAE", "Encoder", "Decoder"]

@@ -31,6 +31,10 @@ Covariance types (what ``covariances_`` holds):
 ``'full'`` (K, d, d) one matrix per component; ``'tied'`` (d, d) one matrix shared;
 ``'diag'`` (K, d) per-component variances; ``'spherical'`` (K,) one variance per component.
 
+``PCAGaussianMixture`` fits the mixture to the first q principal coordinates
+only and puts isotropic Gaussian noise (PPCA's σ²) on the d - q others, which
+keeps it a density on the full space (so MNIST bits/dim can be reported).
+
 Initialization (``init_params``), from an explicit generator:
 ``'kmeans++'``: k-means++ seeding (Arthur & Vassilvitskii 2007: each new centre is a
 data point drawn with probability ∝ its squared distance to the nearest chosen centre),
@@ -45,6 +49,8 @@ data via the EM algorithm", JRSS B 39(1):1-38, 1977.
 C. M. Bishop, "Pattern Recognition and Machine Learning", §9.2, 2006.
 D. Arthur and S. Vassilvitskii, "k-means++: the advantages of careful seeding", SODA 2007.
 G. Schwarz, "Estimating the dimension of a model", Annals of Statistics 6(2), 1978 (BIC).
+M. E. Tipping and C. M. Bishop, "Probabilistic principal component analysis", JRSS B 61(3), 1999
+(the isotropic noise of ``PCAGaussianMixture``).
 """
 from __future__ import annotations
 
@@ -55,9 +61,9 @@ import warnings
 import numpy as np
 
 from .. import backend
-from .pca import LOG_2PI, as_data_matrix, as_generator, solve_lower
+from .pca import LOG_2PI, PCA, RELATIVE_ZERO, as_data_matrix, as_generator, solve_lower
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "PCAGaussianMixture"]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 LLOYD_STEPS = 5          # Lloyd iterations after k-means++ seeding (enough to settle the centres)
@@ -329,6 +335,111 @@ class GaussianMixture:
         """Akaike information criterion: -2 log p(X) + 2 p (lower is better)."""
         X = self._checked(X, "aic")
         return -2.0 * self.score(X) * X.shape[0] + 2 * self._n_parameters()
+
+
+# ----------------------------------------------------------------------------
+# a mixture on principal coordinates, made a density on the whole space
+# ----------------------------------------------------------------------------
+
+class PCAGaussianMixture:
+    """A GMM on the first q principal coordinates plus isotropic noise on the other d - q directions.
+
+    A mixture fitted to PCA-reduced data z = U(x - m) (U: the (q, d) principal
+    directions, m the data mean) is a density on R^q, not on the images.  This
+    model completes it with Gaussian noise of variance σ² in the d - q discarded
+    directions, exactly as PPCA does:
+
+        log p(x) = log p_GMM(U(x - m)) + log N(e; 0, σ² I_{d-q}),   e = (x - m) - Uᵀ U (x - m),
+
+    with log N(e; 0, σ² I_{d-q}) = -½ [(d - q) log 2πσ² + |e|²/σ²].  The map
+    x -> (z, coordinates of e in an orthonormal basis of the complement) is a
+    rotation (Jacobian 1), so p is a normalized density on R^d.  Equivalently it
+    is a Gaussian mixture in x-space with constrained covariances:
+
+        p(x) = Σ_k π_k N(x | m + Uᵀ μ_k,  Uᵀ Σ_k U + σ² (I_d - Uᵀ U)).
+
+    Fitting: U and m by PCA (``PCA``); σ² = Σ_n |e_n|² / (n (d - q)), the mean
+    discarded eigenvalue of the ML covariance Xcᵀ Xc / n, which maximizes the
+    likelihood for the given U and m; then the GMM by EM on the coordinates.
+    With K = 1, ``covariance_type='full'`` and ``reg_covar=0`` this is the
+    closed-form PPCA with q components (the one Gaussian's covariance on z is
+    diag of the top-q ML eigenvalues), and ``score_samples`` equals
+    ``PPCA(q).fit(X).score_samples``.
+
+    Shapes: X (n, d).  ``n_pca_components``: q (1 <= q < d).  The other
+    arguments go to the ``GaussianMixture`` on the coordinates.  After ``fit``:
+    mean_ (d,), components_ (q, d), noise_variance_ (σ²), gmm_ (the fitted
+    ``GaussianMixture`` on z), n_features_in_.
+    """
+
+    def __init__(self, n_pca_components, n_components=1, covariance_type="full", tol=1e-3, reg_covar=1e-6,
+                 max_iter=100, n_init=1, init_params="kmeans++", generator=None):
+        q = n_pca_components
+        if not isinstance(q, numbers.Integral) or isinstance(q, bool) or q < 1:
+            raise ValueError(f"PCAGaussianMixture: n_pca_components must be a positive int, got {q!r}")
+        self.n_pca_components = int(q)
+        # built now so that bad mixture settings fail here, not in fit
+        self.gmm_ = GaussianMixture(n_components, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
+                                    max_iter=max_iter, n_init=n_init, init_params=init_params, generator=generator)
+        self.mean_ = None
+
+    def fit(self, X):
+        """PCA, then σ² from the residuals, then EM on the q coordinates; returns self."""
+        X = as_data_matrix(X, "PCAGaussianMixture.fit")
+        n, d = X.shape
+        q = self.n_pca_components
+        if q >= d:
+            raise ValueError(f"PCAGaussianMixture.fit: n_pca_components={q} must be smaller than "
+                             f"n_features={d} (the noise lives in the d - q discarded directions)")
+        self.mean_ = None                                         # unfitted until everything succeeded
+        pca = PCA(q).fit(X)
+        U = pca.components_                                       # (q, d), orthonormal rows
+        Xc = X - pca.mean_
+        Z = Xc @ U.T                                              # (n, q)
+        sigma2 = float(((Xc - Z @ U) ** 2).sum()) / (n * (d - q))
+        largest = float((Xc ** 2).sum(axis=0).max()) / n
+        if not sigma2 > RELATIVE_ZERO * largest:
+            raise ValueError("PCAGaussianMixture.fit: the data lies in a q-dimensional subspace, so the "
+                             "noise variance is 0 and the likelihood is unbounded; use fewer PCA components")
+        self.gmm_.fit(Z)
+        self.components_, self.noise_variance_, self.n_features_in_ = U, sigma2, d
+        self.mean_ = pca.mean_
+        return self
+
+    def _checked(self, X, where):
+        if self.mean_ is None:
+            raise RuntimeError(f"PCAGaussianMixture is not fitted yet: call fit(X) before {where}")
+        return as_data_matrix(X, f"PCAGaussianMixture.{where}", self.n_features_in_, backend.device_of(self.mean_))
+
+    def transform(self, X):
+        """The principal coordinates z = U(x - m), (n, q)."""
+        X = self._checked(X, "transform")
+        return (X - self.mean_) @ self.components_.T
+
+    def score_samples(self, X):
+        """log p(x_n) = log p_GMM(z_n) - ½ [(d - q) log 2πσ² + |e_n|²/σ²], (n,)."""
+        X = self._checked(X, "score_samples")
+        d, q, sigma2 = self.n_features_in_, self.n_pca_components, self.noise_variance_
+        Xc = X - self.mean_
+        Z = Xc @ self.components_.T
+        # the residual itself, not |x - m|² - |z|², so nothing cancels when σ² is small
+        sq_resid = ((Xc - Z @ self.components_) ** 2).sum(axis=1)
+        return self.gmm_.score_samples(Z) - 0.5 * ((d - q) * (LOG_2PI + math.log(sigma2)) + sq_resid / sigma2)
+
+    def score(self, X):
+        """Mean log-likelihood per sample."""
+        return float(self.score_samples(X).mean())
+
+    def sample(self, n, generator=None):
+        """z ~ GMM, x = m + Uᵀ z + σ (I - UᵀU) ε with ε ~ N(0, I_d); returns (X (n, d), labels (n,))."""
+        if self.mean_ is None:
+            raise RuntimeError("PCAGaussianMixture is not fitted yet: call fit(X) before sample")
+        device = backend.device_of(self.mean_)
+        gen = as_generator(generator, device)
+        Z, labels = self.gmm_.sample(n, gen)
+        eps = backend.to_device(gen.normal((int(n), self.n_features_in_), dtype=np.float64), device)
+        eps_perp = eps - (eps @ self.components_.T) @ self.components_   # N(0, I - UᵀU): the discarded directions
+        return self.mean_ + Z @ self.components_ + math.sqrt(self.noise_variance_) * eps_perp, labels
 
 
 # ----------------------------------------------------------------------------

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import collections
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from .. import backend
+from ..checkpoint import atomic_write_bytes
 from ..autograd import Tensor
 
 __all__ = ["Parameter", "Module", "Sequential", "ModuleList", "ModuleDict", "IncompatibleKeys"]
@@ -410,23 +410,8 @@ class Module:
         to disk, then renamed over ``path`` in one step (``os.replace``): a crash
         mid-write leaves any previous file at ``path`` intact.
         """
-        path = os.fspath(path)
         arrays = {key: backend.to_numpy(t.data) for key, t in self._state_items()}
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
 
     def load(self, path, strict: bool = True) -> IncompatibleKeys:
         """Load a file written by ``save`` into this module (``allow_pickle=False``)."""

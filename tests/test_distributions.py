@@ -1,0 +1,223 @@
+"""Distributions (minigen/distributions.py, notes §2.2-§2.4).
+
+Claims checked: reparameterized Normal samples have the requested mean and std,
+and gradients reach mean and logvar through them (central differences); every
+log_prob is a normalised log-density/mass that matches SciPy; the closed-form
+KL divergences equal the Monte-Carlo estimate within 4 standard errors, vanish
+for KL(p, p) and are never negative; entropies equal -E[log p]; the Monte-Carlo
+KL's gradient (through rsample) matches the closed form's; bad input is refused.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from scipy import stats
+
+import minigen as mg
+from minigen import backend
+from minigen.distributions import Bernoulli, Categorical, Normal, kl_divergence, monte_carlo_kl
+from minigen.testing import gradcheck
+from strategies import arrays, seeds
+
+
+def t(a, device="cpu", requires_grad=False):
+    return mg.Tensor(backend.to_device(np.asarray(a, dtype=np.float64), device), requires_grad=requires_grad)
+
+
+def np_(x):
+    return backend.to_numpy(x.data if isinstance(x, mg.Tensor) else x)
+
+
+def within_4_se(terms, target, atol=1e-9):
+    """Is the mean of the draws (axis 0) within 4 standard errors of ``target``, entry by entry?"""
+    terms = np.asarray(terms, dtype=np.float64)
+    se = terms.std(axis=0, ddof=1) / np.sqrt(len(terms))
+    return np.all(np.abs(terms.mean(axis=0) - target) <= 4 * se + atol), terms.mean(axis=0), se
+
+
+# ----------------------------------------------------------------------------
+# Normal: moments, gradients through rsample, log_prob
+# ----------------------------------------------------------------------------
+
+def test_rsample_moments_match_mean_and_std(device):
+    mean, logvar = np.array([0.5, -2.0, 3.0]), np.array([0.0, -3.0, 1.5])
+    z = np_(Normal(t(mean, device), t(logvar, device)).rsample((40000,), mg.Generator(1, device)))
+    assert z.shape == (40000, 3)
+    std = np.exp(0.5 * logvar)
+    ok, m, se = within_4_se(z, mean)
+    assert ok, (m, mean, se)
+    # the sample std of n normal draws has standard error about std / sqrt(2n)
+    np.testing.assert_array_less(np.abs(z.std(axis=0) - std), 4 * std / np.sqrt(2 * len(z)))
+
+
+def test_rsample_shape_and_reproducibility(device):
+    p = Normal(t(np.zeros((2, 3)), device), t(np.zeros(3), device))  # logvar broadcasts over the batch
+    assert p.batch_shape == (2, 3)
+    a = p.rsample((4,), mg.Generator(5, device))
+    b = p.rsample((4,), mg.Generator(5, device))
+    assert a.shape == (4, 2, 3)
+    np.testing.assert_array_equal(np_(a), np_(b))
+    assert not p.sample(generator=mg.Generator(0, device)).requires_grad
+
+
+@settings(max_examples=10)
+@given(mean=arrays((2, 3)), logvar=arrays((2, 3), -2.0, 2.0))
+def test_gradients_flow_through_rsample(mean, logvar):
+    # z = mean + exp(logvar / 2) eps with a fixed eps: dz/dmean = 1, dz/dlogvar = z_eps * std / 2
+    fn = lambda m, lv: Normal(m, lv).rsample((4,), mg.Generator(7))
+    gradcheck(fn, [mean, logvar])
+    # broadcasting: one logvar per coordinate shared by the batch
+    gradcheck(fn, [mean, logvar[0]])
+
+
+def test_gradients_of_log_prob_entropy_and_kl(device):
+    rng = np.random.default_rng(0)
+    x, m, lv = rng.normal(size=(3, 4)), rng.normal(size=(3, 4)), rng.uniform(-1, 1, size=(3, 4))
+    m2, lv2 = rng.normal(size=(3, 4)), rng.uniform(-1, 1, size=(3, 4))
+    gradcheck(lambda x, m, lv: Normal(m, lv).log_prob(x), [x, m, lv], device=device)
+    gradcheck(lambda lv: Normal(np.zeros(4), lv).entropy(), [lv], device=device)
+    gradcheck(lambda a, b, c, d: kl_divergence(Normal(a, b), Normal(c, d)), [m, lv, m2, lv2], device=device)
+    b = rng.integers(0, 2, size=(3, 4)).astype(np.float64)
+    gradcheck(lambda l: Bernoulli(l).log_prob(b), [m], device=device)
+    gradcheck(lambda l: Bernoulli(l).entropy(), [m], device=device)
+    gradcheck(lambda l1, l2: kl_divergence(Bernoulli(l1), Bernoulli(l2)), [m, m2], device=device)
+    k = rng.integers(0, 4, size=3)
+    gradcheck(lambda l: Categorical(l).log_prob(k), [m], device=device)
+    gradcheck(lambda l1, l2: kl_divergence(Categorical(l1), Categorical(l2)), [m, m2], device=device)
+
+
+def test_log_probs_match_scipy_and_normalise(device):
+    rng = np.random.default_rng(1)
+    x, m, lv = rng.normal(size=5), rng.normal(size=5), rng.uniform(-2, 2, size=5)
+    np.testing.assert_allclose(np_(Normal(t(m, device), t(lv, device)).log_prob(t(x, device))),
+                               stats.norm.logpdf(x, m, np.exp(0.5 * lv)), rtol=1e-12)
+    logits = np.array([-40.0, -3.0, 0.0, 2.5, 40.0])  # far tails too: no log(0)
+    p = Bernoulli(t(logits, device))
+    p1 = np.exp(np_(p.log_prob(t(np.ones(5), device))))
+    p0 = np.exp(np_(p.log_prob(t(np.zeros(5), device))))
+    np.testing.assert_allclose(p1 + p0, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(p1, 1 / (1 + np.exp(-logits)), rtol=1e-12)
+    assert np.all(np.isfinite(np_(p.log_prob(t(1 - (logits > 0), device)))))
+    c = Categorical(t(rng.normal(size=(2, 4)), device))
+    table = np.stack([np_(c.log_prob(np.full(2, k))) for k in range(4)], axis=-1)
+    np.testing.assert_allclose(np.exp(table).sum(-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(np.exp(table), np_(c.probs), rtol=1e-12)
+
+
+def test_discrete_samples_have_the_right_frequencies(device):
+    n = 40000
+    logits = np.array([-1.0, 0.0, 2.0])
+    b = np_(Bernoulli(t(logits, device)).sample((n,), mg.Generator(2, device)))
+    p = 1 / (1 + np.exp(-logits))
+    assert set(np.unique(b)) <= {0.0, 1.0}
+    np.testing.assert_array_less(np.abs(b.mean(0) - p), 4 * np.sqrt(p * (1 - p) / n))
+    c = Categorical(t(logits, device))
+    k = np_(c.sample((n,), mg.Generator(3, device)))
+    assert k.dtype == np.int64 and k.shape == (n,)
+    q = np_(c.probs)
+    freq = np.bincount(k, minlength=3) / n
+    np.testing.assert_array_less(np.abs(freq - q), 4 * np.sqrt(q * (1 - q) / n))
+
+
+# ----------------------------------------------------------------------------
+# KL divergence: closed form vs Monte Carlo, KL(p, p) = 0, KL >= 0
+# ----------------------------------------------------------------------------
+
+@st.composite
+def normal_pairs(draw):
+    shape = (draw(st.integers(1, 3)),)
+    return [draw(arrays(shape, -2.0, 2.0)) for _ in range(4)]
+
+
+@settings(max_examples=15)
+@given(params=normal_pairs(), seed=seeds())
+def test_normal_kl_closed_form_equals_monte_carlo(params, seed):
+    m1, lv1, m2, lv2 = params
+    p, q = Normal(t(m1), t(lv1)), Normal(t(m2), t(lv2))
+    terms = np_(monte_carlo_kl(p, q, 20000, mg.Generator(seed)))
+    ok, mc, se = within_4_se(terms, np_(kl_divergence(p, q)))
+    assert ok, (mc, np_(kl_divergence(p, q)), se)
+
+
+@settings(max_examples=15)
+@given(params=normal_pairs(), seed=seeds())
+def test_bernoulli_and_categorical_kl_closed_form_equals_monte_carlo(params, seed):
+    l1, _, l2, _ = params
+    p, q = Bernoulli(t(l1)), Bernoulli(t(l2))
+    ok, mc, se = within_4_se(np_(monte_carlo_kl(p, q, 20000, mg.Generator(seed))), np_(kl_divergence(p, q)))
+    assert ok, (mc, np_(kl_divergence(p, q)), se)
+    p, q = Categorical(t(l1)), Categorical(t(l2))
+    ok, mc, se = within_4_se(np_(monte_carlo_kl(p, q, 20000, mg.Generator(seed))), np_(kl_divergence(p, q)))
+    assert ok, (mc, np_(kl_divergence(p, q)), se)
+
+
+@given(params=normal_pairs())
+def test_kl_of_a_distribution_with_itself_is_zero_and_kl_is_never_negative(params):
+    m1, lv1, m2, lv2 = params
+    pairs = [(Normal(t(m1), t(lv1)), Normal(t(m2), t(lv2))), (Bernoulli(t(m1)), Bernoulli(t(m2))),
+             (Categorical(t(m1)), Categorical(t(m2)))]
+    for p, q in pairs:
+        np.testing.assert_allclose(np_(kl_divergence(p, p)), 0.0, atol=1e-12)
+        assert np.all(np_(kl_divergence(p, q)) >= -1e-12)
+
+
+def test_entropy_equals_minus_expected_log_prob(device):
+    gen = mg.Generator(4, device)
+    for d in [Normal(t([0.3, -1.0], device), t([1.0, -2.0], device)), Bernoulli(t([-1.5, 0.2], device)),
+              Categorical(t([[0.0, 1.0, -2.0], [3.0, 0.0, 0.0]], device))]:
+        terms = -np_(d.log_prob(d.sample((20000,), gen)))
+        ok, mc, se = within_4_se(terms, np_(d.entropy()))
+        assert ok, (type(d).__name__, mc, np_(d.entropy()), se)
+    # the closed forms against SciPy
+    np.testing.assert_allclose(np_(Normal(t([0.0]), t([0.7])).entropy()),
+                               stats.norm(0, np.exp(0.35)).entropy(), rtol=1e-12)
+    np.testing.assert_allclose(np_(Bernoulli(t([0.4])).entropy()),
+                               stats.bernoulli(1 / (1 + np.exp(-0.4))).entropy(), rtol=1e-12)
+
+
+def test_monte_carlo_kl_gradient_matches_the_closed_form():
+    # d/d(mean, logvar) of the MC estimate (through rsample) estimates the closed form's gradient
+    m, lv = t([0.5, -1.0], requires_grad=True), t([0.3, -0.5], requires_grad=True)
+    q = Normal(t([0.0, 1.0]), t([0.0, 0.4]))
+    monte_carlo_kl(Normal(m, lv), q, 50000, mg.Generator(9)).mean(dim=0).sum().backward()
+    mc = np.concatenate([np_(m.grad), np_(lv.grad)])
+    m.zero_grad(), lv.zero_grad()
+    kl_divergence(Normal(m, lv), q).sum().backward()
+    exact = np.concatenate([np_(m.grad), np_(lv.grad)])
+    assert np.abs(exact).max() > 0.1
+    np.testing.assert_allclose(mc, exact, atol=0.03)
+
+
+def test_kl_without_closed_form_falls_back_to_monte_carlo():
+    p, q = Normal(t([0.0]), t([0.0])), Normal(t([1.0]), t([0.5]))
+    exact = np_(kl_divergence(p, q))
+    estimate = np_(kl_divergence(p, q, n_samples=50000, generator=mg.Generator(0)))
+    assert abs(estimate - exact) < 0.02 and not np.array_equal(estimate, exact)
+
+
+# ----------------------------------------------------------------------------
+# error paths
+# ----------------------------------------------------------------------------
+
+def test_bad_input_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="Normal: mean and logvar"):
+        Normal(t(np.zeros(3)), t(np.zeros(2)))
+    with pytest.raises(ValueError, match="log_prob"):
+        Normal(t(np.zeros(3)), t(np.zeros(3))).log_prob(t(np.zeros(4)))
+    with pytest.raises(TypeError, match="Normal"):
+        Normal(mg.Tensor(np.zeros(2, dtype=np.int64)), t(np.zeros(2)))
+    with pytest.raises(TypeError, match="differ in dtype"):
+        Normal(t(np.zeros(2)), mg.Tensor(np.zeros(2, dtype=np.float32)))
+    with pytest.raises(NotImplementedError, match="rsample"):
+        Bernoulli(t([0.0])).rsample()
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        Categorical(t(np.zeros(3))).log_prob(np.array(3))
+    with pytest.raises(TypeError, match="integer"):
+        Categorical(t(np.zeros(3))).log_prob(np.array(1.0))
+    with pytest.raises(ValueError, match="last axis"):
+        Categorical(t(np.float64(0.0)))
+    with pytest.raises(TypeError, match="two distributions"):
+        kl_divergence(Normal(t([0.0]), t([0.0])), 1.0)
+    with pytest.raises(ValueError, match="batch shapes"):
+        kl_divergence(Normal(t(np.zeros(2)), t(np.zeros(2))), Normal(t(np.zeros(3)), t(np.zeros(3))))
+    with pytest.raises(ValueError, match="n_samples"):
+        monte_carlo_kl(Normal(t([0.0]), t([0.0])), Normal(t([0.0]), t([0.0])), 0)
