@@ -6,10 +6,13 @@ discriminator steps sees a fresh minibatch of the ring and fresh noise).
 Afterwards 2,000 samples are scored with ``minigen.data.toy.count_modes``: a
 sample is "high quality" when it lies within 3 standard deviations of a mode,
 and a mode is captured when at least one high-quality sample lands on it
-(Metz et al. 2017, "Unrolled GANs", §3.1).
+(Metz et al. 2017, "Unrolled GANs", §3.1).  The table also shows the mean
+D(G(z)) the generator saw late in training: near 0 means D confidently rejects
+the fakes, where the minimax loss's gradient vanishes (notes §3.2).
 
     python examples/gan_toy.py               # 4 runs, ~ a few minutes on 2 CPU cores
     python examples/gan_toy.py --quick       # a short smoke run
+    python examples/gan_toy.py --seeds 0 1 2 # repeat each setting (GAN outcomes vary by seed)
     python examples/gan_toy.py --out DIR     # where the figure and the table go
 
 Writes DIR/ring_samples.png (one row per run, samples at several steps over
@@ -39,7 +42,11 @@ LATENT_DIM = 16
 
 
 def train_ring_gan(loss, k, steps, snapshots, seed=0, batch_size=256, lr=1e-3):
-    """Train one toy GAN; returns {step: samples (1000, 2)} at the snapshot steps and the wall time."""
+    """Train one toy GAN.
+
+    Returns ({step: samples (1000, 2)} at the snapshot steps, 2,000 final samples,
+    the mean D(G(z)) over the last 10% of generator steps, the wall time in seconds).
+    """
     gen = mg.Generator(seed, "cpu")           # data, noise: every draw of the run
     init = mg.Generator(seed + 100, "cpu")    # weights: the same start for every (loss, k)
     G = MLPGenerator(LATENT_DIM, (2,), hidden=(128, 128), output="linear", generator=init)
@@ -52,13 +59,15 @@ def train_ring_gan(loss, k, steps, snapshots, seed=0, batch_size=256, lr=1e-3):
         for _ in range(k):
             yield mg.tensor(toy.ring(batch_size, gen)), None
 
-    shots, start = {}, time.perf_counter()
+    shots, d_fake, start = {}, [], time.perf_counter()
     for step in range(1, steps + 1):
-        gan_step(G, D, opt_g, opt_d, real_batches(), noise, loss)
+        logs = gan_step(G, D, opt_g, opt_d, real_batches(), noise, loss)
+        d_fake.append(logs["d_fake_g"])
         if step in snapshots:
             shots[step] = generate(G, 1000, LATENT_DIM, mg.Generator(seed + 7, "cpu")).numpy()
     final = generate(G, 2000, LATENT_DIM, mg.Generator(seed + 8, "cpu")).numpy()
-    return shots, final, time.perf_counter() - start
+    late_d_fake = float(np.mean(d_fake[-max(1, steps // 10):]))  # D(G(z)) the generator saw, last 10% of steps
+    return shots, final, late_d_fake, time.perf_counter() - start
 
 
 def plot_rows(rows, data, path):
@@ -91,32 +100,36 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="few steps (a smoke run)")
     parser.add_argument("--out", default="runs/gan_toy", help="output directory")
     parser.add_argument("--steps", type=int, default=None, help="generator steps per run (default 3000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed and setting")
     args = parser.parse_args(argv)
     steps = args.steps or (60 if args.quick else 3000)
     snapshots = sorted({max(1, steps // 10), steps // 4, steps // 2, steps})
 
     rows, results = [], []
-    for loss in ("minimax", "non-saturating"):
-        for k in (1, 5):
-            shots, final, seconds = train_ring_gan(loss, k, steps, snapshots, seed=args.seed)
-            score = toy.count_modes(final)
-            results.append({"g_loss": loss, "k": k, "steps": steps, "modes": score["modes"],
-                            "high_quality": score["high_quality"], "per_mode": score["counts"].tolist(),
-                            "seconds": round(seconds, 1)})
-            rows.append((f"{loss}, k={k}", shots))
-            print(f"  {loss:15s} k={k}: {score['modes']}/8 modes, {score['high_quality']:.1%} high quality "
-                  f"({seconds:.0f} s)", flush=True)
+    for seed in args.seeds:
+        for loss in ("minimax", "non-saturating"):
+            for k in (1, 5):
+                shots, final, d_fake, seconds = train_ring_gan(loss, k, steps, snapshots, seed=seed)
+                score = toy.count_modes(final)
+                results.append({"g_loss": loss, "k": k, "seed": seed, "steps": steps, "modes": score["modes"],
+                                "high_quality": score["high_quality"], "per_mode": score["counts"].tolist(),
+                                "d_fake": d_fake, "seconds": round(seconds, 1)})
+                if seed == args.seeds[0]:
+                    rows.append((f"{loss}, k={k}", shots))
+                print(f"  seed {seed} {loss:15s} k={k}: {score['modes']}/8 modes, "
+                      f"{score['high_quality']:.1%} high quality ({seconds:.0f} s)", flush=True)
 
-    data = toy.ring(2000, mg.Generator(args.seed + 9, "cpu"))
+    data = toy.ring(2000, mg.Generator(9, "cpu"))
     plot_rows(rows, data, os.path.join(args.out, "ring_samples.png"))
     with open(os.path.join(args.out, "ring_results.json"), "w") as f:
         json.dump(results, f, indent=2)
 
-    print(f"\n8-Gaussian ring, {steps} generator steps, batch 256, Adam lr 1e-3, seed {args.seed}")
-    print(f"{'generator loss':16s} {'k':>2s} {'modes (of 8)':>13s} {'high-quality':>13s}")
+    print(f"\n8-Gaussian ring, {steps} generator steps, batch 256, Adam lr 1e-3 (figure: seed {args.seeds[0]})")
+    print(f"{'generator loss':16s} {'k':>2s} {'seed':>4s} {'modes (of 8)':>13s} {'high-quality':>13s} "
+          f"{'D(G(z)) late':>13s}")
     for r in results:
-        print(f"{r['g_loss']:16s} {r['k']:2d} {r['modes']:13d} {r['high_quality']:13.1%}")
+        print(f"{r['g_loss']:16s} {r['k']:2d} {r['seed']:4d} {r['modes']:13d} {r['high_quality']:13.1%} "
+              f"{r['d_fake']:13.3f}")
     print(f"figure: {os.path.join(args.out, 'ring_samples.png')}")
 
 

@@ -29,10 +29,11 @@ from . import backend
 from .autograd import no_grad
 from .checkpoint import CheckpointError, load_tree
 
-__all__ = ["evaluate_run", "sample_run", "sample_metrics"]
+__all__ = ["evaluate_run", "sample_run", "sample_metrics", "restore_run"]
 
 
-def _restore(run_dir, verbose=False):
+def restore_run(run_dir, verbose=False):
+    """(recipe with the checkpoint loaded, config, train set, test set, step) of a run directory."""
     from .train import TrainingError, build, load_run
 
     recipe_cls, config = load_run(run_dir)
@@ -98,7 +99,7 @@ def sample_metrics(samples, train_set, test_set, labels=None, verbose=False, dat
 
 def evaluate_run(run_dir, eval_samples=None, verbose=True):
     """Evaluate a run; returns the dict also written to RUN_DIR/eval.json."""
-    recipe, config, train_set, test_set, step = _restore(run_dir)
+    recipe, config, train_set, test_set, step = restore_run(run_dir)
     gen = backend.Generator(config.seed + 3, recipe.device)
     with no_grad():
         results = {k: float(v) for k, v in recipe.evaluate(test_set.images, test_set.labels, gen).items()}
@@ -136,7 +137,7 @@ def sample_run(run_dir, n=64, out=None, seed=0):
     """Write a grid of ``n`` samples from a run; returns the PNG path."""
     from .viz import save_image_grid
 
-    recipe, _config, _train, _test, step = _restore(run_dir)
+    recipe, _config, _train, _test, step = restore_run(run_dir)
     images, labels = _generate(recipe, n, seed)
     out = out or os.path.join(run_dir, "samples_cli.png")
     nrow = int(np.ceil(np.sqrt(n)))

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 import minigen as mg
-import minigen.functional as F
 from minigen import backend, nn
 from minigen.distributions import Normal
 from minigen.evaluate import evaluate_run

@@ -27,6 +27,8 @@ floats.  Each is cheap enough to run on a few thousand samples on a laptop.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import linalg
 
@@ -64,8 +66,10 @@ def frechet_distance(features_a, features_b, eps=1e-6):
         raise ValueError(f"frechet_distance: feature sizes differ ({a.shape[1]} and {b.shape[1]})")
     mu_a, s_a = gaussian_stats(a)
     mu_b, s_b = gaussian_stats(b)
-    covmean = linalg.sqrtm(s_a @ s_b)
-    if not np.all(np.isfinite(covmean)):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s_a @ s_b)
+    if caught or not np.all(np.isfinite(covmean)):  # singular product (e.g. dead ReLU features)
         offset = np.eye(s_a.shape[0]) * eps
         covmean = linalg.sqrtm((s_a + offset) @ (s_b + offset))
     covmean = np.real(covmean)  # round-off can leave ~1e-10 imaginary parts

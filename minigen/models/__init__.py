@@ -6,9 +6,9 @@ the ``Autoencoder`` (autoencoder.py) is trained by the engine.
 """
 from .autoencoder import Autoencoder
 from .gan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
-from .gmm import GaussianMixture
+from .gmm import GaussianMixture, PCAGaussianMixture
 from .pca import PCA, PPCA
 from .vae import VAE, Decoder, Encoder
 
 __all__ = ["PCA", "PPCA", "GaussianMixture", "Autoencoder", "MLPGenerator", "MLPDiscriminator", "DCGANGenerator", "DCGANDiscriminator"]
-__all__ += ["VAE", "Encoder", "Decoder"]
+__all__ += ["VAE", "Encoder", "Decoder", "PCAGaussianMixture"]

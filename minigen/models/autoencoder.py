@@ -33,7 +33,7 @@ from .. import functional as F
 from ..autograd import Tensor, no_grad
 from ..train import Recipe, RunConfig, TrainingError, register
 
-__all__ = ["AutoencoderConfig", "Autoencoder", "AutoencoderRecipe"]
+__all__ = ["AutoencoderConfig", "Autoencoder", "AutoencoderRecipe", "load_trained"]
 
 
 @dataclass
@@ -171,3 +171,19 @@ class AutoencoderRecipe(Recipe):
     def encode(self, x):
         with no_grad():
             return self.model.encode(Tensor(x).to(self.device)).numpy()
+
+
+def load_trained(run_dir):
+    """The trained ``AutoencoderRecipe`` of a run directory and the run's test set.
+
+    The config comes from RUN_DIR/config.json and the weights from
+    RUN_DIR/checkpoint.npz, exactly as ``python -m minigen eval`` loads a run;
+    the model is in eval mode.  Use ``recipe.reconstruct(x)`` and
+    ``recipe.encode(x)`` on host images (B, 1, 28, 28).
+    """
+    from ..evaluate import restore_run
+
+    recipe, _config, _train_set, test_set, _step = restore_run(run_dir)
+    if not isinstance(recipe, AutoencoderRecipe):
+        raise TrainingError(f"{run_dir} is a {recipe.name!r} run, not an autoencoder run")
+    return recipe, test_set

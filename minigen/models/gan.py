@@ -14,7 +14,7 @@ numerically in tests/test_gan.py).
 Reading order of this file
 --------------------------
 1. the value function and the losses, all computed from discriminator *logits*
-   l = log D / (1 - D) (D = sigmoid(l)), never from probabilities;
+   l = log(D / (1 - D)) (so D = sigmoid(l)), never from probabilities;
 2. the training algorithm of notes §3.1 in three functions: ``discriminator_step``
    (one ascent step on V for D), ``generator_step`` (one descent step for G) and
    ``gan_step`` (k discriminator steps on fresh minibatches, then one generator

@@ -1,0 +1,102 @@
+"""The reference classifier (trained with minigen, cached with its hash) and metrics in its features.
+
+Training it takes one to two minutes on 2 CPU cores; it happens once per test session, into a
+temporary cache directory, so the retrain-if-absent path is what is tested.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from minigen.data import load_dataset
+from minigen.metrics import classifier as clf_mod
+from minigen.metrics.sample_quality import frechet_distance, kernel_distance, precision_recall
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("minigen-cache")
+    old = os.environ.get("MINIGEN_CACHE")
+    os.environ["MINIGEN_CACHE"] = str(path)
+    clf_mod._memo.clear()
+    yield path
+    clf_mod._memo.clear()
+    if old is None:
+        os.environ.pop("MINIGEN_CACHE", None)
+    else:
+        os.environ["MINIGEN_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def classifier(cache):
+    return clf_mod.get_classifier("mnist", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def test_set():
+    return load_dataset("mnist", "test")
+
+
+def test_classifier_reaches_its_accuracy_target(classifier, test_set):
+    # Target: >= 97% on the 1,000 packaged test digits (>= 99% with full MNIST).
+    target = 0.99 if len(test_set) >= 10_000 else 0.97
+    acc = classifier.accuracy(test_set.images, test_set.labels)
+    assert acc >= target
+    assert acc == pytest.approx(classifier.test_accuracy)
+
+
+def test_cache_records_hash_and_accuracy_and_is_reused(classifier, cache, monkeypatch):
+    (info_file,) = [p for p in os.listdir(cache) if p.endswith(".json")]
+    info = json.load(open(os.path.join(cache, info_file)))
+    weights = os.path.join(cache, info_file[:-5] + ".npz")
+    assert info["sha256"] == clf_mod._sha256(weights)
+    assert info["test_accuracy"] == pytest.approx(classifier.test_accuracy)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached classifier should have been loaded, not retrained")
+
+    monkeypatch.setattr(clf_mod, "train_classifier", no_training)
+    clf_mod._memo.clear()
+    again = clf_mod.get_classifier("mnist", device="cpu")
+    imgs = load_dataset("mnist", "test").images[:50]
+    np.testing.assert_allclose(again.features_and_probs(imgs)[0], classifier.features_and_probs(imgs)[0])
+
+
+def test_a_tampered_weight_file_is_retrained_not_trusted(classifier, cache, monkeypatch, tmp_path):
+    import shutil
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    (npz,) = [p for p in os.listdir(copy) if p.endswith(".npz")]
+    with open(copy / npz, "r+b") as f:  # flip bytes in the middle of the file
+        f.seek(os.path.getsize(copy / npz) // 2)
+        f.write(b"\x00\x01\x02\x03")
+    monkeypatch.setenv("MINIGEN_CACHE", str(copy))
+    calls = []
+
+    def fake_training(train_set, test_set, **kw):
+        calls.append(1)
+        return clf_mod.LeNet(), 0.0
+
+    monkeypatch.setattr(clf_mod, "train_classifier", fake_training)
+    clf_mod._memo.clear()
+    clf_mod.get_classifier("mnist", device="cpu")
+    clf_mod._memo.clear()
+    assert calls == [1]
+
+
+def test_fld_and_kid_grow_as_noise_corrupts_test_images(classifier, test_set):
+    rng = np.random.default_rng(0)
+    train = load_dataset("mnist", "train").images[:1000]
+    f_train, _ = classifier.features_and_probs(train)
+    f_test, _ = classifier.features_and_probs(test_set.images)
+    assert frechet_distance(f_test, f_test) == pytest.approx(0.0, abs=1e-6)
+    assert precision_recall(f_test, f_test) == (1.0, 1.0)
+    fld, kid = [], []
+    for sigma in [0.0, 0.1, 0.2, 0.4]:
+        noisy = np.clip(test_set.images + sigma * rng.standard_normal(test_set.images.shape), 0, 1)
+        f_noisy, _ = classifier.features_and_probs(noisy.astype(np.float32))
+        fld.append(frechet_distance(f_noisy, f_train))
+        kid.append(kernel_distance(f_noisy, f_train, subset_size=500, n_subsets=5)[0])
+    assert all(np.diff(fld) > 0), fld
+    assert all(np.diff(kid) > 0), kid
