@@ -4,7 +4,7 @@ Not part of the benchmark suite: a quick check of minigen's conv2d against PyTor
 (2 threads) in one process, medians of individually timed calls.  The machine is
 shared, so the four cases run interleaved in rounds, each round starts when the
 other tenants are quiet, and rounds during which foreign load appeared are dropped.
-Usage:  python benchmarks/scratch_conv.py [repeats] [rounds]
+Usage:  python benchmarks/scratch_conv.py [repeats] [rounds] [max_wait_s]
 """
 import os
 import statistics
@@ -46,7 +46,7 @@ def median_ms(fn, repeats):
     return 1e3 * statistics.median(times)
 
 
-def main(repeats=9, rounds=3):
+def main(repeats=9, rounds=3, max_wait_s=120):
     rng = np.random.default_rng(0)
     N, C, H, W, Fo = 64, 64, 14, 14, 128
     x_np = rng.standard_normal((N, C, H, W), dtype=np.float32)
@@ -91,7 +91,7 @@ def main(repeats=9, rounds=3):
         print("torch not installed: minigen timings only")
 
     results = {name: [] for name, _ in cases}
-    deadline = time.time() + 120
+    deadline = time.time() + max_wait_s
     while min(len(v) for v in results.values()) < rounds and time.time() < deadline:
         if busy_cores_elsewhere() > 0.15:  # wait for a quiet moment
             continue
@@ -102,7 +102,7 @@ def main(repeats=9, rounds=3):
             for name, v in round_ms.items():
                 results[name].append(v)
     if not results["minigen fwd"]:
-        print("no quiet round within 120 s; try again later")
+        print(f"no quiet round within {max_wait_s} s; try again later")
         return
     med = {name: statistics.median(v) for name, v in results.items()}
     for name, v in med.items():
@@ -113,4 +113,4 @@ def main(repeats=9, rounds=3):
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:3]))
+    main(*(int(a) for a in sys.argv[1:4]))

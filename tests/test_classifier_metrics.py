@@ -34,14 +34,14 @@ def classifier(cache):
 
 
 @pytest.fixture(scope="session")
-def test_set():
+def mnist_test():
     return load_dataset("mnist", "test")
 
 
-def test_classifier_reaches_its_accuracy_target(classifier, test_set):
+def test_classifier_reaches_its_accuracy_target(classifier, mnist_test):
     # Target: >= 97% on the 1,000 packaged test digits (>= 99% with full MNIST).
-    target = 0.99 if len(test_set) >= 10_000 else 0.97
-    acc = classifier.accuracy(test_set.images, test_set.labels)
+    target = 0.99 if len(mnist_test) >= 10_000 else 0.97
+    acc = classifier.accuracy(mnist_test.images, mnist_test.labels)
     assert acc >= target
     assert acc == pytest.approx(classifier.test_accuracy)
 
@@ -74,7 +74,7 @@ def test_a_tampered_weight_file_is_retrained_not_trusted(classifier, cache, monk
     monkeypatch.setenv("MINIGEN_CACHE", str(copy))
     calls = []
 
-    def fake_training(train_set, test_set, **kw):
+    def fake_training(train_set, mnist_test, **kw):
         calls.append(1)
         return clf_mod.LeNet(), 0.0
 
@@ -85,16 +85,16 @@ def test_a_tampered_weight_file_is_retrained_not_trusted(classifier, cache, monk
     assert calls == [1]
 
 
-def test_fld_and_kid_grow_as_noise_corrupts_test_images(classifier, test_set):
+def test_fld_and_kid_grow_as_noise_corrupts_test_images(classifier, mnist_test):
     rng = np.random.default_rng(0)
     train = load_dataset("mnist", "train").images[:1000]
     f_train, _ = classifier.features_and_probs(train)
-    f_test, _ = classifier.features_and_probs(test_set.images)
+    f_test, _ = classifier.features_and_probs(mnist_test.images)
     assert frechet_distance(f_test, f_test) == pytest.approx(0.0, abs=1e-6)
     assert precision_recall(f_test, f_test) == (1.0, 1.0)
     fld, kid = [], []
     for sigma in [0.0, 0.1, 0.2, 0.4]:
-        noisy = np.clip(test_set.images + sigma * rng.standard_normal(test_set.images.shape), 0, 1)
+        noisy = np.clip(mnist_test.images + sigma * rng.standard_normal(mnist_test.images.shape), 0, 1)
         f_noisy, _ = classifier.features_and_probs(noisy.astype(np.float32))
         fld.append(frechet_distance(f_noisy, f_train))
         kid.append(kernel_distance(f_noisy, f_train, subset_size=500, n_subsets=5)[0])

@@ -17,6 +17,9 @@ Layout choices (they decide the speed; measured on benchmark workload W4):
 * The padded input is stored channels-last (N, Hp, Wp, C), so in the window
   view the innermost run (kw taps x C channels) is contiguous memory.
 * The product gives channels-last rows (P, F); one transpose makes NCHW.
+* When the weight will need a gradient, the forward keeps cols for it (the
+  weight gradient is cols^T @ gy): one copy less per step, at the price of
+  holding kh*kw times the input's memory until the backward runs.
 
 The three linear maps of a convolution
 --------------------------------------
@@ -44,7 +47,7 @@ import math
 
 import numpy as np
 
-from ..autograd import Function, Tensor
+from ..autograd import Function, Tensor, is_grad_enabled
 from .. import backend
 from .shape import GetItemGrad, reshape
 
@@ -162,7 +165,7 @@ def _grad_as_rows(gy, G):
 
 
 def _conv_forward(x, w, b, geo, out_hw):
-    """y = cols @ Wm (+ b), returned NCHW with spatial size ``out_hw``."""
+    """y = cols @ Wm (+ b), returned NCHW with spatial size ``out_hw``, and the cols."""
     xp = _xp(x)
     N = x.shape[0]
     F, _, kh, kw = w.shape
@@ -173,27 +176,35 @@ def _conv_forward(x, w, b, geo, out_hw):
     if b is not None:
         y += b.reshape(G, 1, F // G)
     y = y.reshape(G, N, OH, OW, F // G).transpose(1, 0, 4, 2, 3)          # (N, G, Fg, OH, OW)
-    return xp.ascontiguousarray(y).reshape(N, F, OH, OW)
+    return xp.ascontiguousarray(y).reshape(N, F, OH, OW), cols
 
 
-def _conv_input_grad(gy, w, geo, x_shape):
-    """gx = col2im(gy_rows @ Wm^T): conv2d's input gradient, i.e. conv_transpose2d."""
+def _conv_input_grad(gy, w, geo, x_shape, rows=None):
+    """gx = col2im(gy_rows @ Wm^T): conv2d's input gradient, i.e. conv_transpose2d.
+
+    ``rows`` is _grad_as_rows(gy) when the caller has it already.
+    """
     xp = _xp(gy)
     F, Cg, kh, kw = w.shape
     G = geo.groups
     taps = w.reshape(G, F // G, Cg, kh, kw).transpose(3, 4, 0, 1, 2).reshape(kh * kw, G, F // G, Cg)
     # one product per tap (a batched matmul), so each tap's columns are contiguous for col2im
-    cols = xp.matmul(_grad_as_rows(gy, G)[None], taps)                    # (kh*kw, G, P, Cg)
+    rows = _grad_as_rows(gy, G) if rows is None else rows                 # (G, P, Fg)
+    cols = xp.matmul(rows[None], taps)                                     # (kh*kw, G, P, Cg)
     return _col2im(cols, x_shape, kh, kw, geo, gy.shape[2:])
 
 
-def _conv_weight_grad(x, gy, geo, w_shape):
-    """gW = cols^T @ gy_rows: the correlation of the input with the output gradient."""
+def _conv_weight_grad(x, gy, geo, w_shape, cols=None, rows=None):
+    """gW = cols^T @ gy_rows: the correlation of the input with the output gradient.
+
+    ``cols`` (im2col of x) and ``rows`` (gy as rows) are used when the caller has them.
+    """
     xp = _xp(x)
     F, Cg, kh, kw = w_shape
     G = geo.groups
-    cols = _im2col(x, kh, kw, geo, gy.shape[2:])                           # (P, G, K)
-    gw = xp.matmul(cols.transpose(1, 2, 0), _grad_as_rows(gy, G))         # (G, K, Fg)
+    cols = _im2col(x, kh, kw, geo, gy.shape[2:]) if cols is None else cols  # (P, G, K)
+    rows = _grad_as_rows(gy, G) if rows is None else rows                  # (G, P, Fg)
+    gw = xp.matmul(cols.transpose(1, 2, 0), rows)                          # (G, K, Fg)
     gw = gw.reshape(G, kh, kw, Cg, F // G).transpose(0, 4, 3, 1, 2)        # (G, Fg, Cg, kh, kw)
     return xp.ascontiguousarray(gw).reshape(F, Cg, kh, kw)
 
@@ -209,18 +220,25 @@ class Conv2d(Function):
     OH = floor((H + 2p - d(kh-1) - 1)/s) + 1 (``out_hw`` may ask for fewer rows).
     Gradients: gx = conv_transpose2d(gy, W), gW = Conv2dWeightGrad(x, gy),
     gb = sum of gy over (N, OH, OW).
+    With ``keep_cols`` the forward's column matrix is kept for the weight gradient:
+    kh*kw times the input's memory until backward, one im2col copy less.
     """
 
-    def __init__(self, geo, out_hw):
-        self.geo, self.out_hw = geo, tuple(out_hw)
+    def __init__(self, geo, out_hw, keep_cols=False):
+        self.geo, self.out_hw, self.keep_cols = geo, tuple(out_hw), keep_cols
 
     def forward(self, x, w, b=None):
-        return _conv_forward(x, w, b, self.geo, self.out_hw)
+        y, cols = _conv_forward(x, w, b, self.geo, self.out_hw)
+        self.cols = cols if self.keep_cols else None
+        return y
 
     def backward(self, gy):
         x, w = self.inputs[0], self.inputs[1]
-        gx = ConvTranspose2d(self.geo, x.shape[2:])(gy, w) if x.requires_grad else None
-        gw = Conv2dWeightGrad(self.geo, w.shape)(x, gy) if w.requires_grad else None
+        # both gradients read gy laid out as rows: make that copy once
+        rows = _grad_as_rows(gy.data, self.geo.groups) if x.requires_grad and w.requires_grad else None
+        gx = ConvTranspose2d(self.geo, x.shape[2:], x_rows=rows)(gy, w) if x.requires_grad else None
+        gw = (Conv2dWeightGrad(self.geo, w.shape, cols=self.cols, gy_rows=rows)(x, gy)
+              if w.requires_grad else None)
         if len(self.inputs) == 2:
             return gx, gw
         gb = gy.sum((0, 2, 3)) if self.inputs[2].requires_grad else None
@@ -234,14 +252,16 @@ class ConvTranspose2d(Function):
     Ho = (H-1)s - 2p + d(kh-1) + output_padding + 1 (passed in as ``out_hw``).
     Gradients: gx = conv2d(gy, W), gW = Conv2dWeightGrad(gy, x) (roles of input and
     output gradient swapped), gb = sum of gy over (N, Ho, Wo).
+    ``x_rows``: x already laid out as rows (conv2d's backward shares them).
     """
 
-    def __init__(self, geo, out_hw):
-        self.geo, self.out_hw = geo, tuple(out_hw)
+    def __init__(self, geo, out_hw, x_rows=None):
+        self.geo, self.out_hw, self.x_rows = geo, tuple(out_hw), x_rows
 
     def forward(self, x, w, b=None):
         N = x.shape[0]
-        y = _conv_input_grad(x, w, self.geo, (N, w.shape[1] * self.geo.groups) + self.out_hw)
+        y = _conv_input_grad(x, w, self.geo, (N, w.shape[1] * self.geo.groups) + self.out_hw, self.x_rows)
+        self.x_rows = None  # not needed any more
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
@@ -262,13 +282,16 @@ class Conv2dWeightGrad(Function):
     Shapes: x (N, C, H, W), gy (N, F, OH, OW) -> gW ``w_shape`` = (F, C/G, kh, kw).
     gW is bilinear in (x, gy) with <ggW, gW> = <gy, conv2d(x, ggW)>, so its
     gradients are  d/dx = conv_transpose2d(gy, ggW)  and  d/dgy = conv2d(x, ggW).
+    ``cols`` (im2col of x) and ``gy_rows``: arrays the caller already has, if any.
     """
 
-    def __init__(self, geo, w_shape):
-        self.geo, self.w_shape = geo, tuple(w_shape)
+    def __init__(self, geo, w_shape, cols=None, gy_rows=None):
+        self.geo, self.w_shape, self.cols, self.gy_rows = geo, tuple(w_shape), cols, gy_rows
 
     def forward(self, x, gy):
-        return _conv_weight_grad(x, gy, self.geo, self.w_shape)
+        gw = _conv_weight_grad(x, gy, self.geo, self.w_shape, self.cols, self.gy_rows)
+        self.cols = self.gy_rows = None  # not needed any more
+        return gw
 
     def backward(self, ggw):
         x, gy = self.inputs
@@ -316,7 +339,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         raise ValueError(f"{op}: the input's spatial size {H}x{W} (padded {H + 2 * padding[0]}x"
                          f"{W + 2 * padding[1]}) is smaller than the kernel {kh}x{kw} (dilated "
                          f"{dilation[0] * (kh - 1) + 1}x{dilation[1] * (kw - 1) + 1}); input shape {x.shape}")
-    fn = Conv2d(_Geometry(stride, padding, dilation, int(groups)), (OH, OW))
+    # keep the columns for the weight gradient only when one will be asked for
+    keep_cols = is_grad_enabled() and weight.requires_grad
+    fn = Conv2d(_Geometry(stride, padding, dilation, int(groups)), (OH, OW), keep_cols)
     return fn(x, weight) if bias is None else fn(x, weight, bias)
 
 

@@ -532,7 +532,7 @@ class VAERecipe(Recipe):
         def nll_nats_and_bpd(log_p):
             """Per-image mean NLL in nats and bits/dim of the (binary or 8-bit) test images."""
             if cfg.decoder == "bernoulli":
-                nll = -log_p.mean()
+                nll = float(-log_p.mean())
                 return nll, float(bits_per_dim(nll, num_dims))
             bpd = float(dequantized_bits_per_dim(log_p, num_dims).mean())
             return bpd * num_dims * math.log(2.0), bpd
