@@ -314,6 +314,8 @@ def train(family, overrides=None, out_dir=None, resume=None, progress=True, verb
                 raise TrainingError(f"--resume continues a run with its saved config; only steps may change "
                                     f"(got {', '.join(sorted(extra))})")
             config = make_config(recipe_cls, {**dataclasses.asdict(config), **overrides})
+            _write_json(os.path.join(resume, "config.json"),   # the run now aims at the new step count
+                        {"family": recipe_cls.name, "config": dataclasses.asdict(config)})
         run_dir = resume
     else:
         recipe_cls = get_family(family)

@@ -167,7 +167,8 @@ def plot_trajectory(xs, ts, path, title="diffusion trajectory", value_range=(-1.
     """A reverse (or forward) diffusion run: x_t for each listed t, left to right.
 
     xs: a sequence over time (length T) of batches, each (N, C, H, W) images or
-        (N, 2) points; ts: the T time steps, used as column labels.
+        (N, 2) points; ts: the T time steps, used as column labels ("t=..."; a
+        string label, e.g. "x0", is shown as it is).
     Images: one row per sample, one column per t.  Points: one scatter panel
     per t with shared limits (``lim``: half-width of the square, default from the data).
     value_range: the images' pixel range, default [-1, 1] (the scale diffusion models work in).
@@ -196,7 +197,7 @@ def plot_trajectory(xs, ts, path, title="diffusion trajectory", value_range=(-1.
     grid = frames.transpose(1, 0, 2, 3, 4).reshape(n * t_count, *frames.shape[2:])  # row = sample, col = t
     fig = _grid_figure(t_count, n, frames.shape[3:])
     ax = fig.add_subplot()
-    _show_grid(ax, grid, t_count, value_range, col_labels=[f"t={t}" for t in ts])
+    _show_grid(ax, grid, t_count, value_range, col_labels=[t if isinstance(t, str) else f"t={t}" for t in ts])
     ax.set_title(title)
     ax.set_xlabel("time step t")
     ax.set_ylabel("sample")

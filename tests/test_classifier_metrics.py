@@ -100,3 +100,38 @@ def test_fld_and_kid_grow_as_noise_corrupts_test_images(classifier, mnist_test):
         kid.append(kernel_distance(f_noisy, f_train, subset_size=500, n_subsets=5)[0])
     assert all(np.diff(fld) > 0), fld
     assert all(np.diff(kid) > 0), kid
+
+
+USER_CACHE = clf_mod.cache_dir()  # before the session fixture points MINIGEN_CACHE at a temporary one
+
+
+def _fashion_available():
+    try:
+        load_dataset("fashion-mnist", "test")
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _fashion_cached():
+    if not _fashion_available():
+        return False
+    train = load_dataset("fashion-mnist", "train")
+    tag = clf_mod.hashlib.sha1(train.source.encode()).hexdigest()[:8]
+    return os.path.exists(os.path.join(USER_CACHE, f"classifier-fashion-mnist-{tag}.json"))
+
+
+@pytest.mark.skipif(not (_fashion_available() and (_fashion_cached() or os.environ.get("MINIGEN_SLOW_TESTS"))),
+                    reason="needs Fashion-MNIST and either its cached classifier or MINIGEN_SLOW_TESTS=1 "
+                           "(training it takes about 10 minutes on 2 CPU cores)")
+def test_fashion_classifier_reaches_90_percent(monkeypatch):
+    monkeypatch.setenv("MINIGEN_CACHE", USER_CACHE)
+    # Uses the user's cache (the one every evaluation uses); the accuracy is measured again
+    # from the weights on all 10,000 test images, not read from the JSON.
+    clf_mod._memo.clear()
+    classifier = clf_mod.get_classifier("fashion-mnist", device="cpu")
+    test = load_dataset("fashion-mnist", "test")
+    acc = classifier.accuracy(test.images, test.labels)
+    assert len(test) == 10_000
+    assert acc >= 0.90
+    assert acc == pytest.approx(classifier.test_accuracy)

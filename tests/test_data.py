@@ -336,6 +336,30 @@ def test_uniform_dequantization_equation():
     np.testing.assert_array_equal(T.quantize(y), x)  # exact, even where float32 rounds k + u up to k + 1
 
 
+def test_random_shift_moves_each_image_by_at_most_max_shift():
+    g = mg.Generator(3)
+    x = np.zeros((40, 1, 9, 9), np.float32)
+    x[:, 0, 4, 4] = 1.0                                   # one bright pixel in the centre
+    out = T.random_shift(x, 2, g)
+    assert out.shape == x.shape and out.sum() == pytest.approx(40.0)  # nothing falls off a 9x9 frame
+    images, ys, xs = np.nonzero(out[:, 0] == 1.0)
+    assert np.array_equal(images, np.arange(40))             # one bright pixel per image, still
+    assert np.all(np.abs(ys - 4) <= 2) and np.all(np.abs(xs - 4) <= 2)
+    assert len(set(zip(ys.tolist(), xs.tolist()))) > 5      # the shifts differ between images
+
+
+def test_random_hflip_mirrors_about_half_the_images_and_nothing_else():
+    g = mg.Generator(4)
+    x = np.random.default_rng(0).random((400, 1, 5, 6)).astype(np.float32)
+    out = T.random_hflip(x, g)
+    mirrored = np.all(out == x[..., ::-1], axis=(1, 2, 3))
+    kept = np.all(out == x, axis=(1, 2, 3))
+    assert np.all(mirrored | kept) and not np.any(mirrored & kept)
+    assert 150 < mirrored.sum() < 250                      # p = 0.5
+    assert np.all(T.random_hflip(x, g, p=0.0) == x)
+    assert np.all(T.random_hflip(x, g, p=1.0) == x[..., ::-1])
+
+
 def test_transforms_keep_arrays_on_their_device(device):
     gen = mg.Generator(0)
     x = mg.backend.to_device(np.full((4, 1, 28, 28), 0.5, dtype=np.float32), device)

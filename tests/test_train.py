@@ -58,6 +58,17 @@ def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tmp_path, monkeypatch)
     np.testing.assert_array_equal([l for _, l in a], [l for _, l in b])  # bit-for-bit the same losses
 
 
+def test_resume_with_more_steps_extends_the_run_and_records_it(tmp_path):
+    run = train("autoencoder", dict(TINY), out_dir=str(tmp_path / "run"), progress=False, verbose=False)
+    train(None, {"steps": 8}, resume=run, progress=False, verbose=False)
+    assert [s for s, _ in _losses(run)] == list(range(1, 9))
+    assert load_tree(os.path.join(run, "checkpoint.npz"))["step"] == 8
+    with open(os.path.join(run, "config.json")) as f:
+        assert json.load(f)["config"]["steps"] == 8   # a later eval/resume sees the run's real length
+    with pytest.raises(TrainingError, match="only steps may change"):
+        train(None, {"lr": 0.5}, resume=run, progress=False, verbose=False)
+
+
 def test_exception_inside_a_step_rewinds_the_streams(tmp_path, monkeypatch):
     # A KeyboardInterrupt raised inside a step (not via the signal) leaves that step uncounted:
     # the checkpoint holds step 3 with the random streams as they were before step 4.

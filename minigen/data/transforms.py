@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import backend
 
-__all__ = ["random_shift", "to_unit_range", "to_symmetric_range", "from_symmetric_range", "binarize_dynamic",
+__all__ = ["random_shift", "random_hflip", "to_unit_range", "to_symmetric_range", "from_symmetric_range", "binarize_dynamic",
            "binarize_static", "pad_to", "dequantize", "quantize"]
 
 
@@ -126,4 +126,19 @@ def random_shift(x, max_shift, generator):
             rows = np.nonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx))[0]
             if rows.size:
                 out[rows] = padded[rows, :, s - dy:s - dy + h, s - dx:s - dx + w]
+    return out
+
+
+def random_hflip(x, generator, p=0.5):
+    """Mirror each image left-right with probability p (x: (N, C, H, W)).
+
+    A label-preserving augmentation for clothes (a shirt mirrored is a shirt),
+    not for digits (a mirrored 2 is no digit).
+    """
+    xp = backend.xp_of(x)
+    flip = backend.to_numpy(generator.uniform((x.shape[0],))) < p
+    out = xp.array(x, copy=True)
+    rows = np.nonzero(flip)[0]
+    if rows.size:
+        out[rows] = x[rows][..., ::-1]
     return out

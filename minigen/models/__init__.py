@@ -1,4 +1,4 @@
-"""Model families of the notes, one file each (see DESIGN.md).
+"""Model families of the notes, one file (or, for diffusion, one package) each (see DESIGN.md).
 
 Classical latent-variable models (notes §1), fitted by hand-derived updates:
 ``PCA`` and ``PPCA`` (pca.py), ``GaussianMixture`` by EM (gmm.py);
@@ -12,3 +12,7 @@ from .vae import VAE, Decoder, Encoder
 
 __all__ = ["PCA", "PPCA", "GaussianMixture", "Autoencoder", "MLPGenerator", "MLPDiscriminator", "DCGANGenerator", "DCGANDiscriminator"]
 __all__ += ["VAE", "Encoder", "Decoder", "PCAGaussianMixture"]
+from . import diffusion  # noqa: E402  (registers ddpm, dit, cddpm, cdit)
+from .diffusion import DiT, GaussianDiffusion, UNet  # noqa: E402
+
+__all__ += ["GaussianDiffusion", "UNet", "DiT"]
