@@ -8,6 +8,7 @@ Trains the registered families (default ``ddpm``) through ``minigen.train.train`
     RUN/forward.png           forward noising q(x_t | x_0) of test digits, t = 0 ... T-1 (§5.1)
     RUN/reverse.png           one ancestral run x_{T-1} -> x_0 of 1,000 steps, every 100th step (§5.5)
     RUN/ddim_sweep.json       FLD / KID / precision / recall and seconds for 10 ... 1000 DDIM steps
+                              (rows are merged across calls, so the sweep can run in parts)
     RUN/guidance.json         (conditional families) FLD and conditional accuracy per guidance scale
     RUN/eval.json             with --eval: the exact bound in bits/dim on test digits and the sample metrics
 
@@ -113,26 +114,35 @@ def ddim_sweep(recipe, train_set, test_set, steps_list, n, path, score=True):
         images, labels = _samples(recipe, n, seed=10, sampler="ddim", steps=steps, eta=0.0)
         seconds = time.perf_counter() - start
         m = _metrics(images, labels, train_set, test_set, score)
-        rows.append({"steps": steps, "seconds": seconds, **m})
+        rows.append({"steps": steps, "seconds": seconds, "samples": n, **m})
         print(f"  DDIM {steps:5d} steps: {seconds:7.1f} s  {_describe(m)}", flush=True)
+    return _merge_rows(path, rows, "steps")
+
+
+def _merge_rows(path, rows, key):
+    """Write rows to a JSON list, replacing earlier rows with the same ``key`` (sweeps run in parts)."""
+    old = []
+    if os.path.exists(path):
+        with open(path) as f:
+            old = [r for r in json.load(f) if r[key] not in {n[key] for n in rows}]
+    merged = sorted(old + rows, key=lambda r: r[key])
     with open(path, "w") as f:
-        json.dump(rows, f, indent=2)
-    return rows
+        json.dump(merged, f, indent=2)
+    return merged
 
 
-def guidance_sweep(recipe, train_set, test_set, scales, n, path, score=True):
+def guidance_sweep(recipe, train_set, test_set, scales, n, path, steps=None, score=True):
     """Classifier-free guidance: FLD and conditional accuracy against the scale s (s = 1: no guidance)."""
+    steps = steps or recipe.config.sample_steps
     rows = []
     for s in scales:
         start = time.perf_counter()
-        images, labels = _samples(recipe, n, seed=11, guidance_scale=s)
+        images, labels = _samples(recipe, n, seed=11, guidance_scale=s, sampler="ddim", steps=steps)
         seconds = time.perf_counter() - start
         m = _metrics(images, labels, train_set, test_set, score)
-        rows.append({"guidance_scale": s, "seconds": seconds, **m})
+        rows.append({"guidance_scale": s, "seconds": seconds, "samples": n, "steps": steps, **m})
         print(f"  guidance {s:4.1f}: {seconds:7.1f} s  {_describe(m)}", flush=True)
-    with open(path, "w") as f:
-        json.dump(rows, f, indent=2)
-    return rows
+    return _merge_rows(path, rows, "guidance_scale")
 
 
 def main(argv=None):
@@ -149,6 +159,9 @@ def main(argv=None):
     parser.add_argument("--sweep-samples", type=int, default=1000, help="samples per sweep entry")
     parser.add_argument("--scales", type=float, nargs="*", default=[0.0, 1.0, 2.0, 3.0, 5.0],
                         help="guidance scales to compare (conditional families)")
+    parser.add_argument("--guidance-steps", type=int, default=None,
+                        help="DDIM steps in the guidance sweep (default: the run's sample_steps)")
+    parser.add_argument("--no-strips", action="store_true", help="skip the forward/reverse pictures")
     args = parser.parse_args(argv)
     if args.quick:  # tiny nets, timed sweeps without the classifier's metrics
         args.sweep_steps, args.sweep_samples, args.scales = [2, 5], 20, [0.0, 2.0]
@@ -171,9 +184,10 @@ def main(argv=None):
 
         recipe, config, train_set, test_set, step = restore_run(run)
         with no_grad():
-            forward_strip(recipe, test_set.images[:6], os.path.join(run, "forward.png"))
-            reverse_strip(recipe, os.path.join(run, "reverse.png"),
-                          labels=np.arange(6) if recipe.conditional else None)
+            if not args.no_strips:
+                forward_strip(recipe, test_set.images[:6], os.path.join(run, "forward.png"))
+                reverse_strip(recipe, os.path.join(run, "reverse.png"),
+                              labels=np.arange(6) if recipe.conditional else None)
             if args.sweep_steps:
                 print(f"{family}: DDIM step sweep ({args.sweep_samples} samples each)")
                 ddim_sweep(recipe, train_set, test_set, args.sweep_steps, args.sweep_samples,
@@ -181,7 +195,7 @@ def main(argv=None):
             if recipe.conditional and args.scales:
                 print(f"{family}: guidance sweep ({args.sweep_samples} samples each)")
                 guidance_sweep(recipe, train_set, test_set, args.scales, args.sweep_samples,
-                               os.path.join(run, "guidance.json"), score=not args.quick)
+                               os.path.join(run, "guidance.json"), steps=args.guidance_steps, score=not args.quick)
         if args.eval:
             start = time.perf_counter()
             evaluate_run(run, eval_samples=args.eval_samples)

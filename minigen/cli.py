@@ -4,7 +4,7 @@
     python -m minigen train FAMILY [--steps N] [--batch-size B] [--lr LR] [--device gpu] [--out DIR] [...]
     python -m minigen train --resume RUN_DIR [--steps N]
     python -m minigen sample RUN_DIR [--n 64] [--out PATH] [--seed S]
-    python -m minigen eval RUN_DIR [--eval-samples N]
+    python -m minigen eval RUN_DIR [--eval-samples N] [--set FIELD=VALUE ...]
 
 The options of ``train`` come from the family's ``@dataclass`` config: every
 field ``batch_size`` becomes ``--batch-size`` with the field's type and default,
@@ -106,10 +106,39 @@ def _cmd_sample(args):
     return 0
 
 
+def _parse_sets(run_dir, pairs):
+    """``--set FIELD=VALUE`` pairs -> {field: value}, each VALUE parsed by the field's type."""
+    from .train import TrainingError, load_run
+
+    if not pairs:
+        return None
+    recipe_cls, _config = load_run(run_dir)
+    defaults = {f.name: f.default for f in dataclasses.fields(recipe_cls.Config)}
+    out = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in defaults:
+            raise TrainingError(f"--set expects FIELD=VALUE with a field of {recipe_cls.name} "
+                                f"({', '.join(defaults)}), got {pair!r}")
+        kind = type(defaults[name])
+        try:
+            if kind is bool:
+                out[name] = _bool(text)
+            elif kind in (tuple, list):
+                out[name] = tuple(type(defaults[name][0])(v) for v in text.replace(",", " ").split())
+            else:
+                out[name] = kind(text)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise TrainingError(f"--set {name}: expected a {kind.__name__}, got {text!r}") from None
+    return out
+
+
 def _cmd_eval(args):
     from .evaluate import evaluate_run
 
-    evaluate_run(args.run_dir, eval_samples=args.eval_samples, verbose=True)
+    overrides = _parse_sets(args.run_dir, args.set)
+    evaluate_run(args.run_dir, eval_samples=args.eval_samples, verbose=True, overrides=overrides)
     return 0
 
 
@@ -129,6 +158,9 @@ def main(argv=None):
     p_eval = sub.add_parser("eval", help="evaluate a run on the test set")
     p_eval.add_argument("run_dir")
     p_eval.add_argument("--eval-samples", type=int, default=None, help="generated images for sample metrics")
+    p_eval.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                        help="change a config field for this evaluation only (e.g. eval_images=1000, "
+                             "sample_steps=50, eval_k=5000); repeatable")
 
     from .checkpoint import CheckpointError
     from .train import TrainingError

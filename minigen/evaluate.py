@@ -32,18 +32,31 @@ from .checkpoint import CheckpointError, load_tree
 __all__ = ["evaluate_run", "sample_run", "sample_metrics", "restore_run"]
 
 
-def restore_run(run_dir, verbose=False):
-    """(recipe with the checkpoint loaded, config, train set, test set, step) of a run directory."""
-    from .train import TrainingError, build, load_run
+def restore_run(run_dir, verbose=False, overrides=None):
+    """(recipe with the checkpoint loaded, config, train set, test set, step) of a run directory.
+
+    ``overrides`` (field -> value) change the saved config for this session only,
+    e.g. ``{"eval_images": 1000, "sample_steps": 50}``; a field that changes the
+    network's shape makes the checkpoint unloadable and is refused.
+    """
+    import dataclasses
+
+    from .train import TrainingError, build, load_run, make_config
 
     recipe_cls, config = load_run(run_dir)
+    if overrides:
+        config = make_config(recipe_cls, {**dataclasses.asdict(config), **overrides})
     recipe, train_set, test_set, _mg, _dg, _loader = build(recipe_cls, config, verbose=verbose)
     path = os.path.join(run_dir, "checkpoint.npz")
     try:
         state = load_tree(path)
     except CheckpointError as exc:
         raise TrainingError(str(exc)) from None
-    recipe.load_state_dict(state["recipe"])
+    try:
+        recipe.load_state_dict(state["recipe"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(f"{path} does not fit this config (an override changed the network?): {first}") from None
     recipe.train(False)
     return recipe, config, train_set, test_set, int(state["step"])
 
@@ -97,9 +110,12 @@ def sample_metrics(samples, train_set, test_set, labels=None, verbose=False, dat
     return out
 
 
-def evaluate_run(run_dir, eval_samples=None, verbose=True):
-    """Evaluate a run; returns the dict also written to RUN_DIR/eval.json."""
-    recipe, config, train_set, test_set, step = restore_run(run_dir)
+def evaluate_run(run_dir, eval_samples=None, verbose=True, overrides=None):
+    """Evaluate a run; returns the dict also written to RUN_DIR/eval.json.
+
+    ``overrides``: config fields changed for this evaluation only (see ``restore_run``).
+    """
+    recipe, config, train_set, test_set, step = restore_run(run_dir, overrides=overrides)
     gen = backend.Generator(config.seed + 3, recipe.device)
     with no_grad():
         results = {k: float(v) for k, v in recipe.evaluate(test_set.images, test_set.labels, gen).items()}

@@ -158,3 +158,16 @@ def test_cli_train_list_and_sample(capsys, tmp_path):
     assert code == 0 and "autoencoder" in out
     code, out, _ = _cli(capsys, "sample", run, "--n", "9")
     assert code == 0 and os.path.exists(os.path.join(run, "samples_cli.png"))
+
+
+def test_cli_eval_set_overrides_for_one_evaluation(capsys, tmp_path):
+    run = train("autoencoder", dict(TINY), out_dir=str(tmp_path / "run"), progress=False, verbose=False)
+    code, out, _ = _cli(capsys, "eval", run, "--set", "eval_samples=0", "--set", "batch_size=4")
+    assert code == 0 and "test_recon_loss" in out
+    assert json.load(open(os.path.join(run, "config.json")))["config"]["batch_size"] == 16  # saved config kept
+    code, _, err = _cli(capsys, "eval", run, "--set", "colour=red")
+    assert code == 2 and "--set expects FIELD=VALUE" in err
+    code, _, err = _cli(capsys, "eval", run, "--set", "eval_samples=many")
+    assert code == 2 and "expected a int" in err
+    code, _, err = _cli(capsys, "eval", run, "--set", "hidden=32")    # another network: refused, one line
+    assert code == 2 and "does not fit this config" in err and "Traceback" not in err

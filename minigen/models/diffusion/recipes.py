@@ -87,8 +87,8 @@ class DiffusionConfig(RunConfig):
     ema_decay: float = 0.999          # decay of the weights' moving average used for sampling and evaluation
     warmup: int = 200                 # steps of linear learning-rate warm-up
     grad_clip: float = 1.0            # clip the gradient's global norm (0: off)
-    eval_images: int = 200            # test images for the bound in bits/dim (each costs T network calls)
-    steps: int = 3000                 # optimisation steps (UNet on 2 CPU cores: ~25 min)
+    eval_images: int = 100            # test images for the bound in bits/dim (each costs T network calls)
+    steps: int = 2000                 # optimisation steps (UNet on 2 CPU cores: ~40 min)
     batch_size: int = 64              # images per step
     lr: float = 5e-4                  # Adam learning rate after warm-up
     sample_every: int = 1000          # steps between sample grids
@@ -126,7 +126,7 @@ class DiffusionConfig(RunConfig):
 class DiTConfig(DiffusionConfig):
     denoiser: str = "dit"             # the transformer denoiser
     lr: float = 1e-3                  # transformers of this size take a larger step than the UNet
-    steps: int = 3000                 # optimisation steps (DiT on 2 CPU cores: ~20 min)
+    steps: int = 2000                 # optimisation steps (DiT on 2 CPU cores)
 
 
 def build_denoiser(config, image_shape, num_classes=None, generator=None):
