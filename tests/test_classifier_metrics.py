@@ -116,9 +116,8 @@ def _fashion_available():
 def _fashion_cached():
     if not _fashion_available():
         return False
-    train = load_dataset("fashion-mnist", "train")
-    tag = clf_mod.hashlib.sha1(train.source.encode()).hexdigest()[:8]
-    return os.path.exists(os.path.join(USER_CACHE, f"classifier-fashion-mnist-{tag}.json"))
+    _weights, info = clf_mod.cache_paths("fashion-mnist", load_dataset("fashion-mnist", "train"))
+    return os.path.exists(info)
 
 
 @pytest.mark.skipif(not (_fashion_available() and (_fashion_cached() or os.environ.get("MINIGEN_SLOW_TESTS"))),

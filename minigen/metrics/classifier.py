@@ -32,7 +32,7 @@ from .. import functional as F
 from ..autograd import Tensor, no_grad
 from ..checkpoint import atomic_write_bytes
 
-__all__ = ["LeNet", "ReferenceClassifier", "get_classifier", "train_classifier", "cache_dir"]
+__all__ = ["LeNet", "ReferenceClassifier", "get_classifier", "train_classifier", "cache_dir", "cache_paths"]
 
 
 class LeNet(nn.Module):
@@ -146,19 +146,24 @@ def train_classifier(train_set, test_set, epochs=None, augment="shift", batch_si
 _memo = {}
 
 
+def cache_paths(dataset, train_set):
+    """(weights .npz, info .json) of a dataset's cached classifier; the name carries a tag of the data's source."""
+    tag = hashlib.sha1(train_set.source.encode()).hexdigest()[:8]
+    base = os.path.join(cache_dir(), f"classifier-{dataset}-{tag}")
+    return base + ".npz", base + ".json"
+
+
 def get_classifier(dataset, data_dir=None, device=None, retrain=False, verbose=False):
     """The cached reference classifier of ``dataset``, trained first if absent."""
     from ..data import load_dataset
 
     train_set = load_dataset(dataset, "train", data_dir=data_dir)
     test_set = load_dataset(dataset, "test", data_dir=data_dir)
-    tag = hashlib.sha1(train_set.source.encode()).hexdigest()[:8]
-    key = (dataset, tag)
+    weights, info_path = cache_paths(dataset, train_set)
+    key = (dataset, weights)
     device = device or backend.get_default_device()
     if key in _memo and not retrain:
         return _memo[key]
-    base = os.path.join(cache_dir(), f"classifier-{dataset}-{tag}")
-    weights, info_path = base + ".npz", base + ".json"
     model = LeNet()
     training = dict(TRAINING.get(dataset, {}))
     info = None
