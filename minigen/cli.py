@@ -62,6 +62,11 @@ def _cmd_list(args):
         if args.verbose:
             for field in dataclasses.fields(recipe.Config):
                 print(f"    --{field.name.replace('_', '-'):20s} default {field.default!r}")
+            for preset, values in sorted(recipe.presets.items()):
+                options = " ".join(f"--{k.replace('_', '-')} "
+                                   + (" ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))
+                                   for k, v in values.items())
+                print(f"    --preset {preset:11s} = {options}")
     return 0
 
 
@@ -86,11 +91,15 @@ def _cmd_train(argv):
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     parser.add_argument("--out", metavar="DIR", help="run directory (default runs/FAMILY-TIME)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    presets = ", ".join(sorted(recipe_cls.presets)) or "none"
+    parser.add_argument("--preset", metavar="NAME", default=None,
+                        help=f"a named set of options, applied before the explicit ones (this family: {presets})")
     _add_config_options(parser, recipe_cls.Config)
     args = vars(parser.parse_args(argv))
     family, resume, out = args.pop("family"), args.pop("resume"), args.pop("out")
-    progress = not args.pop("no_progress")
-    run_dir = train(family or recipe_cls.name, overrides=args, out_dir=out, resume=resume, progress=progress)
+    progress, preset = not args.pop("no_progress"), args.pop("preset")
+    run_dir = train(family or recipe_cls.name, overrides=args, out_dir=out, resume=resume, progress=progress,
+                    preset=preset)
     print(f"run directory: {run_dir}")
     from .evaluate import evaluate_run
 

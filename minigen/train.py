@@ -81,8 +81,9 @@ class RunConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TrainingError(f"config: lr must be a positive number, got {self.lr}")
         try:
-            backend.check_device(self.device)
-        except ValueError as exc:
+            if backend.check_device(self.device) == "gpu":
+                backend.get_array_module("gpu")        # CuPy and a CUDA device, or a one-line reason
+        except (ValueError, RuntimeError) as exc:
             raise TrainingError(f"config: {exc}") from None
 
 
@@ -106,6 +107,9 @@ class Recipe:
     Config = RunConfig
     description = ""
     conditional = False  # True when sample() accepts class labels
+    # Named sets of config overrides, e.g. {"gpu": {...}} for a larger run on a GPU;
+    # ``train FAMILY --preset NAME`` applies one, and explicit options still win.
+    presets: dict = {}
 
     def __init__(self, config, data, device, generator):
         self.config = config
@@ -179,8 +183,14 @@ def get_family(name):
 # config files
 # ----------------------------------------------------------------------------
 
-def make_config(recipe_cls, overrides=None):
-    """The family's config with ``overrides`` (a dict of field -> value) applied and checked."""
+def make_config(recipe_cls, overrides=None, preset=None):
+    """The family's config with ``preset`` (a name in ``recipe_cls.presets``), then
+    ``overrides`` (a dict of field -> value) applied, and checked."""
+    if preset is not None:
+        if preset not in recipe_cls.presets:
+            known = ", ".join(sorted(recipe_cls.presets)) or "none"
+            raise TrainingError(f"unknown preset {preset!r} for {recipe_cls.name}; known: {known}")
+        overrides = {**recipe_cls.presets[preset], **(overrides or {})}
     overrides = dict(overrides or {})
     fields = {f.name: f for f in dataclasses.fields(recipe_cls.Config)}
     unknown = sorted(set(overrides) - set(fields))
@@ -298,15 +308,19 @@ class _GracefulStop:
             self._previous = None
 
 
-def train(family, overrides=None, out_dir=None, resume=None, progress=True, verbose=True):
+def train(family, overrides=None, out_dir=None, resume=None, progress=True, verbose=True, preset=None):
     """Train a family; returns the run directory.
 
     ``family``: a registered name; ``overrides``: config fields to change;
+    ``preset``: a named set of overrides of the family (``Recipe.presets``),
+    applied before ``overrides``;
     ``out_dir``: where the run goes (default runs/<family>-<time>);
     ``resume``: an existing run directory to continue (its config is reused and
     ``overrides`` may only raise ``steps``).
     """
     if resume:
+        if preset is not None:
+            raise TrainingError("--resume continues a run with its saved config; --preset applies only to new runs")
         recipe_cls, config = load_run(resume)
         if overrides:
             extra = set(overrides) - {"steps"}
@@ -319,7 +333,7 @@ def train(family, overrides=None, out_dir=None, resume=None, progress=True, verb
         run_dir = resume
     else:
         recipe_cls = get_family(family)
-        config = make_config(recipe_cls, overrides)
+        config = make_config(recipe_cls, overrides, preset)
         run_dir = out_dir or os.path.join("runs", f"{recipe_cls.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         os.makedirs(run_dir, exist_ok=True)
         _write_json(os.path.join(run_dir, "config.json"),

@@ -107,3 +107,44 @@ def test_diffusion_example_smoke(tmp_path):
     guidance = json.load(open(out / "cdit" / "guidance.json"))
     assert [r["guidance_scale"] for r in guidance] == [0.0, 2.0]
     assert not os.path.exists(out / "ddpm" / "guidance.json")
+
+
+@pytest.mark.parametrize("family, width", [("ddpm", ("base_channels", 64)), ("cddpm", ("base_channels", 64)),
+                                           ("dit", ("dim", 256)), ("cdit", ("dim", 256))])
+def test_gpu_preset_is_applied_before_explicit_options(family, width):
+    recipe_cls = families()[family]
+    config = make_config(recipe_cls, {"device": "cpu", "steps": 7}, preset="gpu")
+    assert getattr(config, width[0]) == width[1] and config.batch_size == 128
+    assert config.steps == 7 and config.device == "cpu"       # explicit options win over the preset
+    assert make_config(recipe_cls).steps != 20000              # the default stays the CPU one
+
+
+def test_gpu_preset_networks_train_one_step_on_cpu(tmp_path):
+    """The preset's larger networks are built and trained for a step here (on the CPU; never run on a GPU
+    in this project's CI): a wrong shape in a preset fails now, not after a GPU machine has started."""
+    expected = {"cddpm": ("base_channels", 64, 2_377_281), "cdit": ("patch_size", 2, 9_736_196)}
+    for family, (field, value, n_expected) in expected.items():
+        run = train(family, {"device": "cpu", "steps": 1, "batch_size": 2, "n_samples": 2, "sample_steps": 2,
+                             "sample_every": 0, "eval_samples": 0}, preset="gpu",
+                    out_dir=str(tmp_path / family), progress=False, verbose=False)
+        recipe, config = restore_run(run)[:2]
+        n_params = sum(p.data.size for p in recipe.net.parameters())
+        assert getattr(config, field) == value and n_params == n_expected
+        assert np.isfinite(_losses(run)).all()
+
+
+def test_unknown_presets_and_presets_on_resume_are_refused(tmp_path, capsys):
+    with pytest.raises(TrainingError, match="unknown preset 'laptop' for ddpm; known: gpu"):
+        make_config(families()["ddpm"], preset="laptop")
+    run = train("ddpm", {**TINY, "steps": 1}, out_dir=str(tmp_path / "r"), progress=False, verbose=False)
+    with pytest.raises(TrainingError, match="--preset applies only to new runs"):
+        train(None, {"steps": 2}, resume=run, preset="gpu", progress=False, verbose=False)
+    assert cli_main(["train", "dit", "--preset", "laptop", "--out", str(tmp_path / "x")]) != 0
+    assert "unknown preset 'laptop' for dit" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(mg.backend.gpu_available(), reason="CuPy is installed: the GPU preset can run here")
+def test_gpu_preset_without_cupy_says_so(tmp_path, capsys):
+    assert cli_main(["train", "ddpm", "--preset", "gpu", "--out", str(tmp_path / "x"), "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "device" in err and "gpu" in err.lower()
