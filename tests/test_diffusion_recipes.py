@@ -148,3 +148,15 @@ def test_gpu_preset_without_cupy_says_so(tmp_path, capsys):
     assert cli_main(["train", "ddpm", "--preset", "gpu", "--out", str(tmp_path / "x"), "--no-progress"]) != 0
     err = capsys.readouterr().err
     assert "device" in err and "gpu" in err.lower()
+
+
+def test_cosine_lr_schedule_warms_up_then_decays_to_zero(tmp_path):
+    run = train("ddpm", {**TINY, "steps": 6, "warmup": 2, "lr": 1e-3, "lr_schedule": "cosine"},
+                out_dir=str(tmp_path / "cos"), progress=False, verbose=False)
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        lrs = [json.loads(line)["lr"] for line in f if '"lr"' in line]
+    # lr used at step k (k = 0..5): warm-up (k+1)/2, then 0.5 (1 + cos(pi (k-2)/4)), reaching 0 at k = 6
+    expected = [5e-4, 1e-3] + [1e-3 * 0.5 * (1 + np.cos(np.pi * s / 4)) for s in range(0, 4)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-12, atol=1e-15)
+    with pytest.raises(TrainingError, match="cosine lr_schedule needs warmup"):
+        make_config(families()["ddpm"], {"lr_schedule": "cosine", "warmup": 10, "steps": 10})

@@ -7,7 +7,8 @@ Notes §5.4 (training) and §5.5 (sampling), wired to the training loop of
     x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,
     loss = || target - net(x_t, t, y) ||^2       (target: eps, x0 or v),
 
-then one Adam step (after a linear learning-rate warm-up, with the gradient
+then one Adam step (after a linear learning-rate warm-up, then a constant or
+cosine-decaying rate (``lr_schedule``), with the gradient
 norm clipped at ``grad_clip``) and one update of the exponential moving
 average of the weights.  Samples and every evaluation use the averaged
 weights (Ho et al. use decay 0.9999 over 800k steps; a few thousand CPU steps
@@ -87,6 +88,7 @@ class DiffusionConfig(RunConfig):
     eta: float = 0.0                  # DDIM eta (0: deterministic; 1: ancestral-like noise)
     ema_decay: float = 0.999          # decay of the weights' moving average used for sampling and evaluation
     warmup: int = 200                 # steps of linear learning-rate warm-up
+    lr_schedule: str = "constant"     # after warm-up: "constant", or "cosine" (half cosine down to 0 at `steps`)
     grad_clip: float = 1.0            # clip the gradient's global norm (0: off)
     eval_images: int = 100            # test images for the bound in bits/dim (each costs T network calls)
     steps: int = 2000                 # optimisation steps (UNet on 2 CPU cores: ~40 min)
@@ -99,7 +101,8 @@ class DiffusionConfig(RunConfig):
         super().validate()
         choices = {"denoiser": ("unet", "dit"), "schedule": ("linear", "cosine", "sigmoid"),
                    "objective": ("eps", "x0", "v"), "loss_type": ("simple", "vlb"),
-                   "variance": ("fixed_small", "fixed_large"), "sampler": ("ddim", "ddpm")}
+                   "variance": ("fixed_small", "fixed_large"), "sampler": ("ddim", "ddpm"),
+                   "lr_schedule": ("constant", "cosine")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise TrainingError(f"config: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -121,6 +124,8 @@ class DiffusionConfig(RunConfig):
             raise TrainingError(f"config: guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
         if self.warmup < 1 or self.eval_images < 0 or self.grad_clip < 0:
             raise TrainingError("config: warmup must be >= 1, eval_images and grad_clip >= 0")
+        if self.lr_schedule == "cosine" and self.warmup >= self.steps:
+            raise TrainingError(f"config: a cosine lr_schedule needs warmup ({self.warmup}) < steps ({self.steps})")
 
 
 @dataclass
@@ -174,7 +179,9 @@ class DDPMRecipe(Recipe):
         self.diffusion = GaussianDiffusion(config.schedule, T=config.T, objective=config.objective,
                                            loss_type=config.loss_type, variance=config.variance)
         self.opt = optim.Adam(self.net.parameters(), lr=config.lr)
-        self.warmup = optim.LinearWarmupLR(self.opt, config.warmup)
+        # the cosine decays to 0 at config.steps: resuming with more steps re-stretches the rest of it
+        self.warmup = (optim.CosineWarmupLR(self.opt, config.warmup, config.steps) if config.lr_schedule == "cosine"
+                       else optim.LinearWarmupLR(self.opt, config.warmup))
         self.ema = optim.ExponentialMovingAverage(self.net, decay=config.ema_decay, warmup=True)
         self.modules = {"denoiser": self.net}
         # the warm-up schedule's position is optimizer state too: it must survive a resume
