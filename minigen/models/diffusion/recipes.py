@@ -124,15 +124,20 @@ class DiffusionConfig(RunConfig):
             raise TrainingError(f"config: guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
         if self.warmup < 1 or self.eval_images < 0 or self.grad_clip < 0:
             raise TrainingError("config: warmup must be >= 1, eval_images and grad_clip >= 0")
-        if self.lr_schedule == "cosine" and self.warmup >= self.steps:
-            raise TrainingError(f"config: a cosine lr_schedule needs warmup ({self.warmup}) < steps ({self.steps})")
 
 
 @dataclass
 class DiTConfig(DiffusionConfig):
+    """The DiT's CPU default.  With eps-prediction and a constant rate the DiT of
+    patch 4 still drew speckled non-digits after 4,000 steps (its x0 estimates
+    at t ~ 300-500 kept pixel noise, where the UNet's were smooth); predicting v
+    (Salimans & Ho 2022), whose error is not amplified by 1/sqrt(abar_t) at large
+    t, and a cosine decay of the rate gave recognisable digits by 3,000 steps."""
     denoiser: str = "dit"             # the transformer denoiser
+    objective: str = "v"              # v = sqrt(abar) eps - sqrt(1 - abar) x0 (see the docstring)
     lr: float = 1e-3                  # transformers of this size take a larger step than the UNet
-    steps: int = 2000                 # optimisation steps (DiT on 2 CPU cores)
+    lr_schedule: str = "cosine"       # decay to 0 at `steps`
+    steps: int = 5000                 # optimisation steps (~0.2 s each for this DiT on 2 CPU cores)
 
 
 def build_denoiser(config, image_shape, num_classes=None, generator=None):
@@ -179,9 +184,10 @@ class DDPMRecipe(Recipe):
         self.diffusion = GaussianDiffusion(config.schedule, T=config.T, objective=config.objective,
                                            loss_type=config.loss_type, variance=config.variance)
         self.opt = optim.Adam(self.net.parameters(), lr=config.lr)
-        # the cosine decays to 0 at config.steps: resuming with more steps re-stretches the rest of it
-        self.warmup = (optim.CosineWarmupLR(self.opt, config.warmup, config.steps) if config.lr_schedule == "cosine"
-                       else optim.LinearWarmupLR(self.opt, config.warmup))
+        # The cosine reaches 0 at config.steps (a run shorter than its warm-up only warms up);
+        # resuming with more steps re-stretches what is left of it.
+        self.warmup = (optim.CosineWarmupLR(self.opt, config.warmup, max(config.steps, config.warmup + 1))
+                       if config.lr_schedule == "cosine" else optim.LinearWarmupLR(self.opt, config.warmup))
         self.ema = optim.ExponentialMovingAverage(self.net, decay=config.ema_decay, warmup=True)
         self.modules = {"denoiser": self.net}
         # the warm-up schedule's position is optimizer state too: it must survive a resume
