@@ -4,7 +4,7 @@ Trains the registered families (default ``ddpm``) through ``minigen.train.train`
 (checkpoints, logs, EMA sample grids), then, with the EMA weights:
 
     RUN/samples.png           DDIM samples (the family's sampler) at the end of training
-    RUN/curves.png            the training loss (L_simple) and learning rate
+    RUN/curves.png            the training loss (the MSE of eps, x0 or v) and learning rate
     RUN/forward.png           forward noising q(x_t | x_0) of test digits, t = 0 ... T-1 (§5.1)
     RUN/reverse.png           one ancestral run x_{T-1} -> x_0 of 1,000 steps, every 100th step (§5.5)
     RUN/ddim_sweep.json       FLD / KID / precision / recall and seconds for 10 ... 1000 DDIM steps

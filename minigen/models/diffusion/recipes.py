@@ -250,7 +250,10 @@ class DDPMRecipe(Recipe):
         return from_model_range(self.generate(n, generator, labels))
 
     def evaluate(self, x, y, generator):
-        """The bound in bits/dim on ``eval_images`` test images and the test L_simple (EMA weights)."""
+        """The bound in bits/dim on ``eval_images`` test images (0: all of them) and the test loss
+        (EMA weights).  ``test_loss_simple`` is the unweighted MSE of the run's objective: L_simple
+        for eps-prediction, the MSE of x0 or v otherwise, so compare it only between runs that
+        predict the same thing."""
         n = len(x) if self.config.eval_images == 0 else min(len(x), self.config.eval_images)
         out = {}
         totals, priors, losses = [], [], []
