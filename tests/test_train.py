@@ -6,6 +6,7 @@ import signal
 import numpy as np
 import pytest
 
+from minigen import backend
 from minigen.checkpoint import load_tree
 from minigen.cli import main
 from minigen.train import NonFiniteLossError, TrainingError, families, train
@@ -119,6 +120,16 @@ def test_bad_configs_are_refused():
         train("autoencoder", {"batch_size": 0}, progress=False)
     with pytest.raises(TrainingError, match="arch must be"):
         train("autoencoder", {"arch": "transformer"}, progress=False)
+    with pytest.raises(TrainingError, match="unknown device 'tpu'"):
+        train("autoencoder", {"device": "tpu"}, progress=False)
+
+
+@pytest.mark.skipif(backend.gpu_available(), reason="a GPU is here")
+def test_gpu_device_without_cupy_is_a_config_error(tmp_path):
+    # refused while the config is checked, before a run directory or data exist
+    with pytest.raises(TrainingError, match="config: device 'gpu' needs CuPy"):
+        train("autoencoder", {"device": "gpu"}, out_dir=str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def _cli(capsys, *argv):
