@@ -29,22 +29,34 @@ def _bool(text):
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def _add_config_options(parser, config_cls):
-    """One ``--field-name`` option per dataclass field, typed by its default."""
+def _config_fields(config_cls):
+    """(name, default, parse, is_sequence) per field of a config dataclass.
+
+    ``parse`` turns one command-line word into a value of the field's type (for a
+    tuple/list field: one element); the type is read off the field's default.
+    """
     for field in dataclasses.fields(config_cls):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         kind = type(default)
-        option = "--" + field.name.replace("_", "-")
-        if kind is bool:
-            parser.add_argument(option, type=_bool, dest=field.name, default=argparse.SUPPRESS,
-                                metavar="BOOL", help=f"(default {default})")
-        elif kind in (int, float, str):
-            parser.add_argument(option, type=kind, dest=field.name, default=argparse.SUPPRESS,
-                                help=f"(default {default!r})")
-        elif kind in (tuple, list):
-            elem = type(default[0]) if default else int
-            parser.add_argument(option, type=elem, nargs="+", dest=field.name, default=argparse.SUPPRESS,
+        if kind in (tuple, list):
+            yield field.name, default, (type(default[0]) if default else int), True
+        else:
+            yield field.name, default, (_bool if kind is bool else kind), False
+
+
+def _add_config_options(parser, config_cls):
+    """One ``--field-name`` option per dataclass field, typed by its default."""
+    for name, default, parse, sequence in _config_fields(config_cls):
+        option = "--" + name.replace("_", "-")
+        if sequence:
+            parser.add_argument(option, type=parse, nargs="+", dest=name, default=argparse.SUPPRESS,
                                 help=f"(default {' '.join(map(str, default))})")
+        elif parse is _bool:
+            parser.add_argument(option, type=_bool, dest=name, default=argparse.SUPPRESS,
+                                metavar="BOOL", help=f"(default {default})")
+        else:
+            parser.add_argument(option, type=parse, dest=name, default=argparse.SUPPRESS,
+                                help=f"(default {default!r})")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,24 +134,20 @@ def _parse_sets(run_dir, pairs):
     if not pairs:
         return None
     recipe_cls, _config = load_run(run_dir)
-    defaults = {f.name: f.default for f in dataclasses.fields(recipe_cls.Config)}
+    fields = {name: (parse, sequence) for name, _default, parse, sequence in _config_fields(recipe_cls.Config)}
     out = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in defaults:
+        if not sep or name not in fields:
             raise TrainingError(f"--set expects FIELD=VALUE with a field of {recipe_cls.name} "
-                                f"({', '.join(defaults)}), got {pair!r}")
-        kind = type(defaults[name])
+                                f"({', '.join(fields)}), got {pair!r}")
+        parse, sequence = fields[name]
         try:
-            if kind is bool:
-                out[name] = _bool(text)
-            elif kind in (tuple, list):
-                out[name] = tuple(type(defaults[name][0])(v) for v in text.replace(",", " ").split())
-            else:
-                out[name] = kind(text)
+            out[name] = tuple(parse(v) for v in text.replace(",", " ").split()) if sequence else parse(text)
         except (ValueError, argparse.ArgumentTypeError):
-            raise TrainingError(f"--set {name}: expected a {kind.__name__}, got {text!r}") from None
+            raise TrainingError(f"--set {name}: expected {'a list of ' if sequence else 'a '}"
+                                f"{getattr(parse, '__name__', 'value').lstrip('_')}, got {text!r}") from None
     return out
 
 

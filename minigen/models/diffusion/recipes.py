@@ -186,12 +186,13 @@ class DDPMRecipe(Recipe):
         self.opt = optim.Adam(self.net.parameters(), lr=config.lr)
         # The cosine reaches 0 at config.steps (a run shorter than its warm-up only warms up);
         # resuming with more steps re-stretches what is left of it.
-        self.warmup = (optim.CosineWarmupLR(self.opt, config.warmup, max(config.steps, config.warmup + 1))
-                       if config.lr_schedule == "cosine" else optim.LinearWarmupLR(self.opt, config.warmup))
+        self.lr_scheduler = (optim.CosineWarmupLR(self.opt, config.warmup, max(config.steps, config.warmup + 1))
+                             if config.lr_schedule == "cosine" else optim.LinearWarmupLR(self.opt, config.warmup))
         self.ema = optim.ExponentialMovingAverage(self.net, decay=config.ema_decay, warmup=True)
         self.modules = {"denoiser": self.net}
-        # the warm-up schedule's position is optimizer state too: it must survive a resume
-        self.optimizers = {"adam": self.opt, "warmup": self.warmup}
+        # the schedule's position is optimizer state too: it must survive a resume
+        # (saved under "warmup", the name checkpoints have carried since before the cosine option)
+        self.optimizers = {"adam": self.opt, "warmup": self.lr_scheduler}
         self.emas = {"denoiser": self.ema}
 
     def prepare(self, x, y, generator):
@@ -213,7 +214,7 @@ class DDPMRecipe(Recipe):
         if self.config.grad_clip:
             logs["grad_norm"] = optim.clip_grad_norm_(self.net.parameters(), self.config.grad_clip).item()
         self.opt.step()
-        self.warmup.step()
+        self.lr_scheduler.step()
         self.ema.update()
         return logs
 
