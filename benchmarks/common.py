@@ -23,8 +23,8 @@ Memory, per engine, over its timed calls:
 * ``minor_faults_per_call`` / ``major_faults_per_call``: page faults counted by
   ``getrusage`` across the block, divided by the calls.  Minor faults at a steady
   rate mean that each step hands memory back to the OS and touches it afresh
-  (allocation churn: see ../shared/bench/REFERENCE.md); a value near 0 means the
-  allocator reuses its buffers.
+  (allocation churn: glibc unmaps large freed blocks unless ``backend.tune_malloc``
+  raised its thresholds); a value near 0 means the allocator reuses its buffers.
 
 CPU contention: ``foreign_cpu_cores`` is the average number of cores that *other*
 processes kept busy during the timed calls (from /proc/stat); above ~0.1 on a
@@ -55,7 +55,7 @@ class Settings:
     max_repeats: int = 2000
     rounds: int = 3              # blocks per engine, taken in turns
     use_torch: bool = True       # time the PyTorch twin when torch is importable
-    tune_malloc: bool = False    # glibc told to keep freed memory (see tune_malloc)
+    tune_malloc: bool = False    # glibc told to keep freed memory (minigen.backend.tune_malloc)
     seed: int = 0
 
     def __post_init__(self):
@@ -307,31 +307,3 @@ class Case:
     engines: dict
     rows: list
     info: dict = field(default_factory=dict)   # fields copied into every row (shapes, params)
-
-
-def tune_malloc() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
-
-    NumPy allocates every large array afresh; above glibc's mmap threshold each
-    one is a new mapping that the kernel must fault in and zero, and is unmapped
-    again when freed (REFERENCE.md: 10-25% of a step).  A 1 GiB mmap threshold
-    and trim threshold make such arrays come from the heap and stay there.
-    Same effect as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the
-    environment.  Applies to the whole process (the torch twin too).  Returns
-    False where there is no glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-        ok = libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(1 << 30))
-        ok &= libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2 ** 31 - 1))
-        ok &= libc.mallopt(M_TOP_PAD, ctypes.c_int(64 << 20))
-        return bool(ok)
-    except (OSError, AttributeError):
-        return False

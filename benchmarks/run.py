@@ -9,7 +9,8 @@
     --device cpu|gpu  minigen's backend (gpu: CuPy; the twin runs on CUDA if torch has it)
     --check           no timing: copy minigen's initial weights into the torch twin and
                       compare one step's losses and gradients (a guard for the benchmark)
-    --tune-malloc     mallopt: freed memory stays in the heap (measures allocation churn)
+    --no-tune-malloc  leave glibc's malloc alone (default: backend.tune_malloc(), freed memory
+                      stays in the heap; compare the two to see the allocation churn)
     --wait-idle S     before each workload wait up to S s until other processes leave the CPUs idle
     -v, --verbose     with --check: print every compared quantity to stderr
     --profile N       no timing: cProfile the minigen step and print the top N functions
@@ -35,7 +36,7 @@ import numpy as np
 import minigen as mg
 from minigen import backend
 
-from .common import Settings, emit, measure, tune_malloc, wait_idle
+from .common import Settings, emit, measure, wait_idle
 
 WORKLOADS = {
     "W0": "w0_matmul",
@@ -67,8 +68,9 @@ def parse_args(argv=None):
     ap.add_argument("--no-torch", action="store_true", help="do not time the PyTorch twins")
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="minigen's backend")
     ap.add_argument("--check", action="store_true", help="compare one step against PyTorch, no timing")
-    ap.add_argument("--tune-malloc", action="store_true",
-                    help="keep freed memory in glibc's heap (mallopt) to measure allocation churn")
+    ap.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep freed memory in glibc's heap (backend.tune_malloc; on by default); "
+                         "--no-tune-malloc measures the allocation churn")
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                     help="before each workload, wait up to S seconds for other processes to go quiet")
     ap.add_argument("-v", "--verbose", action="store_true", help="--check: print every compared quantity")
@@ -96,7 +98,7 @@ def load_twins(settings):
     if not settings.use_torch:
         return None, None
     try:
-        from . import torch_twins as twins
+        from tests import torch_twins as twins  # the one copy of the twins, shared with the oracle tests
     except ImportError as exc:
         print(f"# PyTorch not importable ({exc}); timing minigen alone", file=sys.stderr)
         return None, None
@@ -248,9 +250,9 @@ def main(argv=None) -> int:
             print(f"--device gpu: {exc}", file=sys.stderr)
             return 2
     if args.tune_malloc:
-        settings.tune_malloc = tune_malloc()
+        settings.tune_malloc = backend.tune_malloc()
         if not settings.tune_malloc:
-            print("# --tune-malloc: no glibc mallopt here; running untuned", file=sys.stderr)
+            print("# tune-malloc: no glibc mallopt here; running untuned", file=sys.stderr)
     twins, torch_device = load_twins(settings)
     print("# " + " ".join(f"{k}={v}" for k, v in header(settings, twins).items()), file=sys.stderr, flush=True)
     if args.profile:

@@ -35,8 +35,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from minigen.evaluate import evaluate_run  # noqa: E402
-from minigen.models.autoencoder import load_trained  # noqa: E402
+from minigen.evaluate import evaluate_run, load_trained  # noqa: E402
 from minigen.train import train  # noqa: E402
 from minigen.viz import plot_latent, save_image_grid  # noqa: E402
 
@@ -64,7 +63,7 @@ def main(argv=None):
     scores = evaluate_run(run, eval_samples=0, verbose=False)
     print(f"{args.arch} autoencoder: {run} ({minutes:.1f} min); test reconstruction loss "
           f"{scores['test_recon_loss']:.2f} per image, pixel MSE {scores['test_pixel_mse']:.4f}", flush=True)
-    recipe, test_set = load_trained(run)
+    recipe, test_set = load_trained(run, "autoencoder")
     x = test_set.images[:N_SHOWN]
     save_image_grid(np.concatenate([x, recipe.reconstruct(x)]), os.path.join(args.out, "reconstructions.png"),
                     nrow=N_SHOWN, row_labels=["data", "reconstruction"], ylabel="row",
@@ -74,7 +73,7 @@ def main(argv=None):
     run_2d = train("autoencoder", {**overrides, "latent_dim": 2}, out_dir=os.path.join(args.out, "ae_2d"),
                    progress=not args.quick)
     minutes = (time.perf_counter() - start) / 60
-    recipe_2d, test_set = load_trained(run_2d)
+    recipe_2d, test_set = load_trained(run_2d, "autoencoder")
     plot_latent(recipe_2d.encode(test_set.images), test_set.labels, os.path.join(args.out, "latent_2d.png"),
                 title=f"{args.arch} autoencoder, 2-D codes of {len(test_set)} test digits")
     print(f"2-D code run: {run_2d} ({minutes:.1f} min)")

@@ -37,7 +37,7 @@ from minigen import backend
 from minigen.autograd import Tensor, no_grad
 from minigen.checkpoint import load_tree
 from minigen.evaluate import evaluate_run, restore_run, sample_metrics
-from minigen.models.diffusion.recipes import from_model_range, to_model_range
+from minigen.data.transforms import from_symmetric_range, to_symmetric_range
 from minigen.train import train
 from minigen.viz import plot_trajectory
 
@@ -61,7 +61,7 @@ def forward_strip(recipe, images, path, n_cols=8):
     T = recipe.diffusion.T
     ts = np.linspace(0, T - 1, n_cols).round().astype(int)
     gen = backend.Generator(0, recipe.device)
-    x0 = to_model_range(Tensor(backend.to_device(images, recipe.device)))
+    x0 = to_symmetric_range(Tensor(backend.to_device(images, recipe.device)))
     frames = []
     for t in ts:
         tt = Tensor(backend.to_device(np.full(len(images), t, dtype=np.int64), recipe.device))
@@ -86,7 +86,7 @@ def _samples(recipe, n, seed, batch=250, **kw):
     for start in range(0, n, batch):
         m = min(batch, n - start)
         lab = (np.arange(start, start + m) % 10) if recipe.conditional else None
-        images.append(from_model_range(recipe.generate(m, gen, labels=lab, **kw)))
+        images.append(np.clip(from_symmetric_range(recipe.generate(m, gen, labels=lab, **kw)), 0.0, 1.0))
         if lab is not None:
             labels.append(lab)
     return np.concatenate(images), (np.concatenate(labels) if labels else None)

@@ -34,7 +34,7 @@ import numpy as np
 from minigen.checkpoint import load_tree
 from minigen.evaluate import evaluate_run, format_results
 from minigen.models.vae import latent_manifold
-from minigen.train import build, load_run, train
+from minigen.train import build, read_run_config, train
 from minigen.viz import plot_interpolation, plot_latent, save_image_grid
 
 QUICK = dict(steps=30, batch_size=32, hidden=32, log_every=5, sample_every=0, checkpoint_every=30,
@@ -43,7 +43,7 @@ QUICK = dict(steps=30, batch_size=32, hidden=32, log_every=5, sample_every=0, ch
 
 def load_recipe(run_dir):
     """The trained recipe of a run directory, with its test set."""
-    recipe_cls, config = load_run(run_dir)
+    recipe_cls, config = read_run_config(run_dir)
     recipe, _train_set, test_set, *_ = build(recipe_cls, config, verbose=False)
     recipe.load_state_dict(load_tree(os.path.join(run_dir, "checkpoint.npz"))["recipe"])
     recipe.train(False)

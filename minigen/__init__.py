@@ -21,3 +21,12 @@ from .functional import (cat, chunk, clamp, clip, concat, erf, exp, log, log_sof
 from . import nn, optim  # noqa: F401,E402
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # ``minigen.load_run(RUN_DIR)`` opens a trained run; imported on first use, so that
+    # ``import minigen`` stays the engine alone
+    if name == "load_run":
+        from .evaluate import load_run
+        return load_run
+    raise AttributeError(f"module 'minigen' has no attribute {name!r}")

@@ -78,22 +78,20 @@ def _as_array(data, dtype=None, device=None):
     """Turn data (array, scalar, list, Tensor) into an array on ``device``."""
     if isinstance(data, Tensor):
         data = data.data
+    if isinstance(data, np.generic):
+        data = np.asarray(data)  # a NumPy scalar keeps its dtype, like a 0-d array
     if device is None:
-        device = backend.device_of(data) if _is_array(data) else backend.get_default_device()
+        device = backend.device_of(data) if backend.is_array(data) else backend.get_default_device()
     xp = backend.get_array_module(device)
-    if dtype is None and not _is_array(data):
+    if dtype is None and not backend.is_array(data):
         # Python numbers and lists become the default float dtype unless they are
         # clearly integer/boolean (labels, indices).
         probe = np.asarray(data)
         dtype = probe.dtype if probe.dtype.kind in "biu" else backend.get_default_dtype()
-    array = backend.to_device(data, device) if _is_array(data) else xp.asarray(data, dtype=dtype)
+    array = backend.to_device(data, device) if backend.is_array(data) else xp.asarray(data, dtype=dtype)
     if dtype is not None and array.dtype != np.dtype(dtype):
         array = array.astype(dtype)
     return array
-
-
-def _is_array(obj) -> bool:
-    return isinstance(obj, (np.ndarray, np.generic)) or type(obj).__module__.startswith("cupy")
 
 
 class Tensor:
@@ -116,8 +114,7 @@ class Tensor:
     __array_priority__ = 1000
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device=None, name=None):
-        if dtype is None and device is None and (type(data) is np.ndarray or
-                                                 (_is_array(data) and not isinstance(data, np.generic))):
+        if dtype is None and device is None and (type(data) is np.ndarray or backend.is_array(data)):
             self.data = data
         else:
             self.data = _as_array(data, dtype, device)
@@ -501,6 +498,19 @@ def _constant_like(value, ref: Tensor, opname: str) -> Tensor:
     dtype = ref.dtype if ref.dtype.kind == "f" or isinstance(value, (int, bool, np.integer)) \
         else backend.get_default_dtype()
     return Tensor(backend.xp_of(ref.data).asarray(value, dtype=dtype))
+
+
+def check_floating(op: str, **tensors) -> None:
+    """Refuse integer and boolean Tensors given to an op that computes in floating point.
+
+    ``tensors`` maps argument names to values; non-Tensors are skipped (the op
+    refuses those itself).  Without this, NumPy would promote, say, uint8 images
+    times a float32 weight to float64 and the error would surface far away.
+    """
+    for name, t in tensors.items():
+        if isinstance(t, Tensor) and t.dtype.kind != "f":
+            raise ValueError(f"{op}: {name} has dtype {t.dtype}, but this op needs floating tensors; "
+                             f"convert it first (e.g. x.float(), and / 255 for uint8 images)")
 
 
 # ----------------------------------------------------------------------------

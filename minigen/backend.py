@@ -8,12 +8,17 @@ same code runs on both.
 What lives here
 ---------------
 * device names: ``"cpu"`` (NumPy) and ``"gpu"`` (CuPy, the current CUDA device);
-* ``get_array_module(device)``, ``device_of(array)``, ``to_numpy``, ``to_device``;
+* ``get_array_module(device)``, ``device_of(array)``, ``xp_of(array)``,
+  ``is_array(obj)``, ``to_numpy``, ``to_device``;
+* two array functions that NumPy lacks or that several modules need: ``erf`` and
+  ``logsumexp`` (on raw arrays of either device; ``F.logsumexp`` is the Tensor op);
 * the default device (``set_default_device``, or the ``MINIGEN_DEVICE``
   environment variable) and the default floating dtype (float32; the gradient
   tests switch to float64);
 * ``Generator``: an explicitly seeded random stream.  minigen never touches
-  NumPy's or CuPy's global random state.
+  NumPy's or CuPy's global random state;
+* ``tune_malloc()``: an explicit, process-wide glibc allocator setting that the
+  benchmarks call (importing minigen changes nothing in the process).
 
 Random numbers are always drawn on the host by NumPy's PCG64 and then copied to
 the device.  That costs one host-to-device copy of the noise per draw, and buys
@@ -29,33 +34,6 @@ import numpy as np
 
 DEVICES = ("cpu", "gpu")
 
-
-def _tune_glibc_malloc():
-    """Keep freed array memory in the heap instead of returning it to the OS.
-
-    glibc serves large allocations (> 128 KiB by default) with fresh ``mmap``
-    pages and unmaps them on free, so every training step page-faults its
-    activations in again: 10-25% of a step on the benchmark workloads.  Raising
-    the mmap and trim thresholds makes freed blocks reusable.  The cost is that
-    the process keeps its peak heap.  Set MINIGEN_MALLOC_TUNING=0 to skip this;
-    it is a no-op off glibc.
-    """
-    if os.environ.get("MINIGEN_MALLOC_TUNING", "1") == "0":
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        # ask for 1 GiB; older glibc caps the threshold at 32 MiB, so fall back to that
-        ok_mmap = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) or libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
-        ok_trim = libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
-        return bool(ok_mmap and ok_trim)
-    except (OSError, AttributeError):
-        return False
-
-
-MALLOC_TUNED = _tune_glibc_malloc()
 
 _cupy = None            # the cupy module once imported
 _cupy_error = None      # why importing it failed, if it did
@@ -129,6 +107,14 @@ def xp_of(array):
     return np if device_of(array) == "cpu" else _cupy
 
 
+def is_array(obj) -> bool:
+    """True for a NumPy or CuPy ndarray; False for Tensors, lists, Python and NumPy scalars.
+
+    CuPy is recognised by its type's module, so asking never imports it.
+    """
+    return isinstance(obj, np.ndarray) or type(obj).__module__.startswith("cupy")
+
+
 def to_numpy(array) -> np.ndarray:
     """A host NumPy copy (or the array itself when it already lives on the host)."""
     if isinstance(array, np.ndarray):
@@ -154,6 +140,27 @@ def erf(array):
         return scipy_erf(array)
     import cupyx.scipy.special  # CuPy's SciPy twin, GPU only
     return cupyx.scipy.special.erf(array)
+
+
+def logsumexp(array, axis=None, keepdims=False):
+    """log sum_i exp(a_i) along ``axis`` (None: all axes) on a raw array of either device.
+
+    With m the largest entry, log sum_i e^(a_i) = m + log sum_i e^(a_i - m): every
+    exponent is <= 0 (no overflow) and the largest term is exactly 1 (the sum cannot
+    underflow to 0).  A slice that is all -inf gives -inf (not nan).  The Tensor op
+    ``F.logsumexp``, the GMM's responsibilities and ``metrics.logmeanexp`` use it.
+    """
+    xp = xp_of(array)
+    m = array.max(axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)   # an all -inf slice: shift by 0, not by -inf (-inf + inf = nan)
+    e = xp.asarray(array - m)            # a fresh temporary: exp in place, no second full-size array
+    xp.exp(e, out=e)
+    with np.errstate(divide="ignore"):   # an all -inf slice: log(0) = -inf is the answer
+        out = xp.log(e.sum(axis=axis, keepdims=True))
+    out += m
+    if keepdims:
+        return out
+    return out.reshape(()) if axis is None else out.squeeze(axis)
 
 
 # ----------------------------------------------------------------------------
@@ -300,3 +307,36 @@ def manual_seed(seed: int) -> Generator:
     _default_seed = int(seed)
     _default_generators.clear()
     return default_generator()
+
+
+# ----------------------------------------------------------------------------
+# the C allocator (an explicit, process-wide setting; nothing calls it on import)
+# ----------------------------------------------------------------------------
+
+MALLOC_TUNED = False   # True once tune_malloc() has changed glibc's settings in this process
+
+
+def tune_malloc() -> bool:
+    """Ask glibc's malloc to keep freed array memory in the heap instead of returning it to the OS.
+
+    glibc serves large allocations (above 128 KiB by default) with fresh ``mmap``
+    pages and unmaps them on free, so every training step page-faults its
+    activations in again.  Raising the mmap and trim thresholds to 1 GiB makes
+    freed blocks reusable; the cost is that the process keeps its peak heap.  The
+    setting applies to the whole process (PyTorch in the same process too).
+    Returns True when glibc accepted it, False elsewhere (no glibc: nothing changes).
+    The benchmarks call it (``python -m benchmarks --no-tune-malloc`` skips it).
+    """
+    global MALLOC_TUNED
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):   # no glibc (macOS, musl, Windows): leave the allocator alone
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    # ask for 1 GiB; older glibc caps the mmap threshold at 32 MiB, so fall back to that
+    ok_mmap = mallopt(M_MMAP_THRESHOLD, 1 << 30) or mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    ok_trim = mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    MALLOC_TUNED = MALLOC_TUNED or bool(ok_mmap and ok_trim)
+    return bool(ok_mmap and ok_trim)

@@ -28,7 +28,8 @@ import numpy as np
 from . import backend
 from .autograd import Tensor
 
-__all__ = ["save_tree", "load_tree", "atomic_write_bytes", "CheckpointError"]
+__all__ = ["save_tree", "load_tree", "atomic_write_bytes", "atomic_write_text", "remove_stray_temp_files", "to_json",
+           "CheckpointError"]
 
 
 class CheckpointError(RuntimeError):
@@ -39,7 +40,10 @@ def _split(tree, prefix, arrays):
     """Replace array leaves by references, collecting the arrays."""
     if isinstance(tree, Tensor):
         tree = tree.data
-    if isinstance(tree, np.ndarray) or type(tree).__module__.startswith("cupy"):
+    if backend.is_array(tree):
+        if tree.dtype.kind not in "biufc":   # object/str arrays would need pickle to load: refuse them here
+            raise TypeError(f"save_tree: the array at {prefix or 'root'!r} has dtype {tree.dtype}; "
+                            "only numeric and boolean arrays can be stored")
         name = prefix or "root"
         if name in arrays:
             raise ValueError(f"save_tree: two leaves map to the member name {name!r}")
@@ -92,6 +96,48 @@ def atomic_write_bytes(path, write_fn):
         raise
 
 
+def to_json(obj, indent=None):
+    """``json.dumps`` that writes NaN and infinities as null (bare NaN is not JSON)."""
+    def clean(v):
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(obj), indent=indent, allow_nan=False)
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` atomically: a reader sees the old file or the new one."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def remove_stray_temp_files(directory):
+    """Delete the ``<name>.<random>.tmp`` files that writes killed mid-way left in ``directory``.
+
+    Returns the names removed.  Only files matching the pattern of ``atomic_write_bytes``
+    (a sibling's name, a dot, eight or more random characters, ``.tmp``) are touched.
+    """
+    import re
+
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(directory, name)
+        if re.fullmatch(r".+\.[A-Za-z0-9_]{8,}\.tmp", name) and os.path.isfile(path) and not os.path.islink(path):
+            try:
+                os.unlink(path)
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
 def save_tree(path, tree) -> None:
     """Write a nested state tree to ``path`` (.npz) atomically."""
     arrays = {}
@@ -109,14 +155,20 @@ def load_tree(path):
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):     # a single .npy array saved under this name
+            raise ValueError("it holds one .npy array, not an .npz archive")
+        with loaded as npz:
             arrays = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "allow_pickle" in reason or "pickle" in reason:   # NumPy's hint to unpickle is never the answer here
+            reason = "it is not an .npz archive of plain arrays"
+        raise CheckpointError(f"{path}: not a readable minigen checkpoint ({reason})") from None
     if "__tree__" not in arrays:
         raise CheckpointError(f"{path}: an .npz file, but not a minigen checkpoint (no '__tree__' member)")
     try:
         skeleton = json.loads(str(arrays.pop("__tree__")))
         return _join(skeleton, arrays)
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint structure is damaged ({exc})") from None

@@ -29,8 +29,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
     if isinstance(data, Tensor):
         data = data.data
     device = backend.check_device(device) if device is not None else (
-        backend.device_of(data) if isinstance(data, np.ndarray) or hasattr(data, "__cuda_array_interface__")
-        else backend.get_default_device())
+        backend.device_of(data) if backend.is_array(data) else backend.get_default_device())
     xp = backend.get_array_module(device)
     if hasattr(data, "dtype"):
         array = xp.array(backend.to_device(data, device), dtype=dtype, copy=True)

@@ -38,7 +38,7 @@ from . import functional as F
 from .autograd import Tensor, no_grad
 
 __all__ = ["Distribution", "Normal", "Bernoulli", "Categorical", "kl_divergence", "monte_carlo_kl",
-           "register_kl"]
+           "register_kl", "gaussian_kl"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -159,8 +159,11 @@ class Normal(Distribution):
 
     def log_prob(self, value):
         value = self._check_value(value)
-        # (x - mean)^2 * exp(-logvar) instead of / exp(logvar): no overflow of exp for large logvar
-        return -0.5 * (LOG_2PI + self.logvar + (value - self.mean) ** 2 * F.exp(-self.logvar))
+        # ((x - mean) e^(-logvar/2))^2: standardise, then square.  Not / e^logvar (overflows for
+        # large logvar), and not (x - mean)^2 e^(-logvar): for std < ~1e-19 in float32 e^(-logvar)
+        # is inf and the log-density at the mean would read 0 * inf = nan.
+        z = (value - self.mean) * F.exp(-0.5 * self.logvar)
+        return -0.5 * (LOG_2PI + self.logvar + z * z)
 
     def entropy(self):
         """H = 1/2 (log 2 pi e + logvar), elementwise."""
@@ -228,19 +231,12 @@ class Categorical(Distribution):
     def probs(self):
         return F.softmax(self.logits, dim=-1)
 
-    def _one_hot(self, value):
-        xp = backend.xp_of(self.logits.data)
-        v = backend.to_device(value.data if isinstance(value, Tensor) else np.asarray(value), self.device)
-        if v.dtype.kind not in "iu":
-            raise TypeError(f"Categorical: log_prob expects integer class indices, got dtype {v.dtype}")
-        if v.size and (int(v.min()) < 0 or int(v.max()) >= self.num_classes):
-            raise ValueError(f"Categorical: class indices must lie in [0, {self.num_classes}), "
-                             f"got values in [{int(v.min())}, {int(v.max())}]")
-        _broadcast_shape(v.shape, self.batch_shape, "Categorical", "log_prob: the value and the batch")
-        return Tensor((v[..., None] == xp.arange(self.num_classes)).astype(self.dtype))  # (..., K)
-
     def log_prob(self, value):
-        return (self._one_hot(value) * self.log_probs).sum(dim=-1)
+        v = value.data if isinstance(value, Tensor) else np.asarray(value)
+        v = backend.to_device(v, self.device)
+        _broadcast_shape(v.shape, self.batch_shape, "Categorical", "log_prob: the value and the batch")
+        rows = F.one_hot(v.reshape(-1), self.num_classes, self.dtype)         # (N, K), N = v.size
+        return (rows.reshape(tuple(v.shape) + (self.num_classes,)) * self.log_probs).sum(dim=-1)
 
     def sample(self, sample_shape=(), generator=None):
         """Inverse-CDF sampling: k = #{j : cumsum(p)_j <= u}, u ~ U[0, 1).  -> S + B integers."""
@@ -273,12 +269,51 @@ def register_kl(type_p, type_q):
     return wrap
 
 
+def gaussian_kl(mean1, logvar1, mean2, logvar2):
+    """KL( N(mean1, e^logvar1) || N(mean2, e^logvar2) ), elementwise, in nats (notes §2.4).
+
+        KL = 1/2 [ e^r - 1 - r  +  (mean1 - mean2)^2 e^(-logvar2) ],    r = logvar1 - logvar2
+
+    The arguments broadcast.  With any Tensor among them the result is a Tensor,
+    differentiable in every Tensor argument (arrays and numbers are constants in its
+    dtype and device); with only arrays and numbers it is an array.  Both the VAE's
+    KL to its prior (``kl_divergence(Normal, Normal)``) and the diffusion bound's
+    per-step terms are this formula.
+    """
+    values = (mean1, logvar1, mean2, logvar2)
+    if any(isinstance(v, Tensor) for v in values):
+        m1, lv1, m2, lv2 = _tensors_like(values)
+        expm1, exp = F.expm1, F.exp
+    else:
+        ref = next((v for v in values if backend.is_array(v)), np.asarray(0.0))
+        xp = backend.xp_of(ref)
+        dtype = ref.dtype if ref.dtype.kind == "f" else np.float64
+        m1, lv1, m2, lv2 = (v if backend.is_array(v) else xp.asarray(v, dtype=dtype) for v in values)
+        expm1, exp = xp.expm1, xp.exp
+    r = lv1 - lv2
+    d = m1 - m2
+    # expm1(r) - r, not e^r - 1 - r: near p = q (r ~ 0) e^r rounds to 1 + r and loses the r^2/2 that is
+    # the KL.  The variance ratio is e^r, one exp of a difference, never e^logvar1 / e^logvar2 (overflow).
+    # The mean term is (d e^(-logvar2/2))^2, standardised before squaring: d^2 e^(-logvar2) would be
+    # 0 * inf = nan for equal means once std2 < ~1e-19 in float32.
+    z = d * exp(-0.5 * lv2)
+    return 0.5 * ((expm1(r) - r) + z * z)
+
+
+def _tensors_like(values):
+    """Every value as a Tensor: arrays and numbers become constants in the first Tensor's dtype and device."""
+    ref = next(v for v in values if isinstance(v, Tensor))
+    xp = backend.xp_of(ref.data)
+    return [v if isinstance(v, Tensor) else
+            Tensor(xp.asarray(backend.to_device(v if backend.is_array(v) else np.asarray(v), ref.device),
+                              dtype=ref.dtype))
+            for v in values]
+
+
 @register_kl(Normal, Normal)
 def _kl_normal_normal(p, q):
-    """KL = 1/2 [ logvar_q - logvar_p + (var_p + (mu_p - mu_q)^2) / var_q - 1 ]  (notes §2.4)."""
-    # exp(logvar_p - logvar_q) rather than var_p / var_q: one exp of a difference cannot overflow twice
-    ratio = F.exp(p.logvar - q.logvar)
-    return 0.5 * (q.logvar - p.logvar + ratio + (p.mean - q.mean) ** 2 * F.exp(-q.logvar) - 1.0)
+    """KL(p || q) of two diagonal Gaussians: ``gaussian_kl`` of their means and log-variances."""
+    return gaussian_kl(p.mean, p.logvar, q.mean, q.logvar)
 
 
 @register_kl(Bernoulli, Bernoulli)

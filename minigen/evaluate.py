@@ -20,7 +20,6 @@ Results go to ``eval.json`` and as an ``"eval"`` row into ``metrics.jsonl``.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -29,24 +28,47 @@ from . import backend
 from .autograd import no_grad
 from .checkpoint import CheckpointError, load_tree
 
-__all__ = ["evaluate_run", "sample_run", "sample_metrics", "restore_run"]
+__all__ = ["evaluate_run", "sample_run", "sample_metrics", "restore_run", "load_trained", "load_run", "LoadedRun",
+           "previous_evaluation", "format_results"]
 
 
-def restore_run(run_dir, verbose=False, overrides=None):
+def _run_device(config, device, verbose):
+    """The device to load a run onto: ``device`` if given, else the run's own, else the CPU
+    (a run trained on a GPU opens on a machine without one, with a one-line note)."""
+    if device is not None:
+        return backend.check_device(device)
+    if config.device == "gpu" and not backend.gpu_available():
+        if verbose:
+            print("note: this run was trained on a GPU; none is available here, so it is loaded on the CPU")
+        return "cpu"
+    return config.device
+
+
+def restore_run(run_dir, verbose=False, overrides=None, device=None, data=True):
     """(recipe with the checkpoint loaded, config, train set, test set, step) of a run directory.
 
     ``overrides`` (field -> value) change the saved config for this session only,
     e.g. ``{"eval_images": 1000, "sample_steps": 50}``; a field that changes the
-    network's shape makes the checkpoint unloadable and is refused.
+    network's shape makes the checkpoint unloadable and is refused.  ``device``:
+    where to load the weights ("cpu", "gpu"; default: the run's device when it is
+    available here, else the CPU).  ``data=False``: do not load the dataset when the
+    family can sample without it (the two sets are then None); the image shape and
+    the classes come from config.json.
     """
     import dataclasses
 
-    from .train import TrainingError, build, load_run, make_config
+    from .train import TrainingError, build, first_non_finite, make_config, read_run_config, recipe_without_data
 
-    recipe_cls, config = load_run(run_dir)
-    if overrides:
-        config = make_config(recipe_cls, {**dataclasses.asdict(config), **overrides})
-    recipe, train_set, test_set, _mg, _dg, _loader = build(recipe_cls, config, verbose=verbose)
+    recipe_cls, config = read_run_config(run_dir)
+    overrides = dict(overrides or {})
+    chosen = _run_device(config, overrides.pop("device", device), verbose)
+    if overrides or chosen != config.device:
+        config = make_config(recipe_cls, {**dataclasses.asdict(config), **overrides, "device": chosen})
+    recipe = None if data else recipe_without_data(recipe_cls, config, run_dir)
+    if recipe is None:
+        recipe, train_set, test_set, _mg, _dg, _loader = build(recipe_cls, config, verbose=verbose)
+    else:
+        train_set = test_set = None
     path = os.path.join(run_dir, "checkpoint.npz")
     try:
         state = load_tree(path)
@@ -54,25 +76,39 @@ def restore_run(run_dir, verbose=False, overrides=None):
         raise TrainingError(str(exc)) from None
     try:
         recipe.load_state_dict(state["recipe"])
-    except (KeyError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrainingError(f"{path} does not fit this config (an override changed the network?): {first}") from None
+        recipe.step = int(state["step"])
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError, AttributeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        blame = " (an override changed the network?)" if overrides else ""
+        raise TrainingError(f"{path} is damaged or does not fit the run's config{blame}: {reason}") from None
+    bad = first_non_finite({"modules": state["recipe"].get("modules"), "emas": state["recipe"].get("emas")})
+    if bad:
+        raise TrainingError(f"{path}: the weights hold NaN or inf ({bad}); this checkpoint cannot sample or "
+                            "be evaluated")
     recipe.train(False)
     return recipe, config, train_set, test_set, int(state["step"])
 
 
-def _generate(recipe, n, seed, batch=250):
-    """n samples (host array in [0, 1]) and, for conditional families, their labels."""
+def _generate(recipe, n, seed, batch=250, labels=None, progress=False):
+    """n samples (host array in [0, 1]) and, for conditional families, their labels
+    (``labels`` if given, else 0, 1, ..., 9, 0, 1, ...)."""
+    from tqdm import tqdm
+
     gen = backend.Generator(seed, recipe.device)
-    images, labels = [], []
+    if recipe.conditional and labels is None:
+        labels = np.arange(n) % recipe_num_classes(recipe)
+    images = []
     with no_grad():
-        for start in range(0, n, batch):
+        for start in tqdm(range(0, n, batch), disable=not progress, desc="sampling", unit="batch", leave=False):
             m = min(batch, n - start)
-            lab = (np.arange(start, start + m) % 10) if recipe.conditional else None
+            lab = None if labels is None else np.asarray(labels[start:start + m])
             images.append(recipe.sample(m, gen, labels=lab))
-            if lab is not None:
-                labels.append(lab)
-    return np.concatenate(images), (np.concatenate(labels) if labels else None)
+    return np.concatenate(images), (None if labels is None else np.asarray(labels))
+
+
+def recipe_num_classes(recipe):
+    """The number of classes a conditional recipe samples (10 for the digit datasets)."""
+    return int(getattr(recipe, "num_classes", None) or 10)
 
 
 def sample_metrics(samples, train_set, test_set, labels=None, verbose=False, data_dir=None):
@@ -121,27 +157,48 @@ def evaluate_run(run_dir, eval_samples=None, verbose=True, overrides=None):
         results = {k: float(v) for k, v in recipe.evaluate(test_set.images, test_set.labels, gen).items()}
     n = config.eval_samples if eval_samples is None else eval_samples
     if n:
-        samples, labels = _generate(recipe, n, config.seed + 4)
+        samples, labels = _generate(recipe, n, config.seed + 4, progress=verbose)
         results.update(sample_metrics(samples, train_set, test_set, labels, verbose=verbose,
                                       data_dir=config.data_dir or None))
-    results = {"step": step, **results}
-    from .checkpoint import atomic_write_bytes
-    atomic_write_bytes(os.path.join(run_dir, "eval.json"),
-                       lambda f: f.write((json.dumps(results, indent=2) + "\n").encode()))
-    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps({"step": step, "eval": results}) + "\n")
+    from .checkpoint import atomic_write_text, to_json
+    from .train import append_metrics, machine_info
+
+    seconds = load_tree(os.path.join(run_dir, "checkpoint.npz")).get("train_seconds")
+    results = {"step": step, **results,
+               "parameters": int(sum(p.size for m in recipe.modules.values() for p in m.parameters())),
+               "train_seconds": None if seconds is None else round(float(seconds[0]), 3),
+               "train_cpu_seconds": None if seconds is None else round(float(seconds[1]), 3),
+               "machine": machine_info(recipe.device)}
+    atomic_write_text(os.path.join(run_dir, "eval.json"), to_json(results, indent=2) + "\n")
+    append_metrics(os.path.join(run_dir, "metrics.jsonl"), [{"step": step, "eval": results}])
     if verbose:
         print(format_results(results))
     return results
+
+
+def previous_evaluation(run_dir):
+    """eval.json of a run when it evaluated the checkpoint that is there now (same step), else None."""
+    import json
+
+    try:
+        with open(os.path.join(run_dir, "eval.json")) as f:
+            results = json.load(f)
+        step = int(load_tree(os.path.join(run_dir, "checkpoint.npz"))["step"])
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
+        return None
+    return results if isinstance(results, dict) and results.get("step") == step else None
 
 
 def format_results(results):
     """A small aligned table: metric, value and, where there is one, its floor."""
     lines = [f"{'metric':24s} {'value':>12s} {'floor (real test vs train)':>28s}"]
     for key, value in results.items():
-        if key.endswith("_floor") or isinstance(value, list):
+        if key.endswith("_floor") or isinstance(value, (list, dict)) or value is None:
             continue
         floor = results.get(f"{key}_floor")
+        counts = key in ("step", "eval_k", "eval_images", "n_samples") or key.endswith("_steps")
+        if isinstance(value, float) and counts and value.is_integer():
+            value = int(value)                      # counts print as integers
         val = f"{value:12.4f}" if isinstance(value, float) else f"{value!s:>12s}"
         lines.append(f"{key:24s} {val} {'' if floor is None else f'{floor:28.4f}'}")
     if "label_histogram" in results:
@@ -149,16 +206,91 @@ def format_results(results):
     return "\n".join(lines)
 
 
-def sample_run(run_dir, n=64, out=None, seed=0):
-    """Write a grid of ``n`` samples from a run; returns the PNG path."""
+def sample_run(run_dir, n=64, out=None, seed=0, labels=None, device=None, nrow=None, overrides=None,
+               progress=False):
+    """Write a grid of ``n`` samples from a run; returns the PNG path.
+
+    Conditional families: ``labels`` (one int, or a list of ``n``) picks the classes;
+    by default n // 10 of each class, one row per class with the class written beside
+    it.  ``overrides`` change sampling settings for this call (e.g. ``guidance_scale``,
+    ``sample_steps``).  No training data is loaded where the family does not need it.
+    """
+    from .train import TrainingError
     from .viz import save_image_grid
 
-    recipe, _config, _train, _test, step = restore_run(run_dir)
-    images, labels = _generate(recipe, n, seed)
+    recipe, _config, _train, _test, step = restore_run(run_dir, overrides=overrides, device=device, data=False)
+    k = recipe_num_classes(recipe)
+    row_labels = None
+    if labels is not None and not recipe.conditional:
+        raise TrainingError(f"{recipe.name} is not conditional: it takes no labels")
+    if recipe.conditional:
+        if labels is None:
+            per_class = max(1, n // k)
+            labels = np.repeat(np.arange(k), per_class)
+            nrow, row_labels = nrow or per_class, [str(c) for c in range(k)]
+        else:
+            labels = np.atleast_1d(np.asarray(labels))
+            if labels.size == 1:
+                labels = np.full(n, int(labels[0]))
+            if labels.shape != (n,) or labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= k:
+                raise TrainingError(f"labels must be one class or {n} classes, integers in [0, {k}), got {labels.tolist()}")
+        n = len(labels)
+    images, _ = _generate(recipe, n, seed, labels=labels, progress=progress)
     out = out or os.path.join(run_dir, "samples_cli.png")
-    nrow = int(np.ceil(np.sqrt(n)))
-    if labels is not None:
-        order = np.argsort(labels, kind="stable")
-        images, nrow = images[order], max(1, n // 10)
-    save_image_grid(images, out, nrow=nrow, title=f"{recipe.name} samples (step {step})")
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    save_image_grid(images, out, nrow=nrow, row_labels=row_labels, title=f"{recipe.name} samples (step {step})")
     return out
+
+
+class LoadedRun:
+    """A trained run, ready to use from Python (``minigen.load_run``).
+
+    ``recipe``: the family's recipe with the checkpoint loaded (its networks in
+    ``models``, the EMA weights used by ``sample`` where the family keeps them);
+    ``config``, ``family``, ``step``, ``run_dir``.  No training data is loaded
+    unless a method needs it.
+    """
+
+    def __init__(self, run_dir, device=None):
+        self.run_dir = run_dir
+        self.recipe, self.config, _train, _test, self.step = restore_run(run_dir, device=device, data=False)
+        self.family = self.recipe.name
+        self.models = dict(self.recipe.modules)
+
+    def __repr__(self):
+        return f"LoadedRun({self.run_dir!r}, family={self.family!r}, step={self.step}, device={self.recipe.device!r})"
+
+    def sample(self, n, labels=None, seed=0, generator=None):
+        """n images as a host array (n, C, H, W) in [0, 1]; ``labels`` (n,) for conditional families."""
+        gen = generator or backend.Generator(seed, self.recipe.device)
+        if labels is not None:
+            labels = np.asarray(labels)
+        with no_grad():
+            return self.recipe.sample(int(n), gen, labels=labels)
+
+    def evaluate(self, eval_samples=None, overrides=None):
+        """The family's test metrics and the sample metrics (loads the data; writes eval.json)."""
+        return evaluate_run(self.run_dir, eval_samples=eval_samples, verbose=False, overrides=overrides)
+
+
+def load_run(run_dir, device=None):
+    """Open a trained run directory for use from Python: ``run = minigen.load_run("runs/vae")``,
+    then ``run.sample(16)``, ``run.models``, ``run.config``, ``run.evaluate()``."""
+    return LoadedRun(run_dir, device=device)
+
+
+def load_trained(run_dir, family=None):
+    """The trained recipe of a run directory (in eval mode) and the run's test set.
+
+    The config comes from RUN_DIR/config.json and the weights from
+    RUN_DIR/checkpoint.npz, exactly as ``python -m minigen eval`` loads a run.
+    ``family`` (a name), if given, must be the run's family.  Use the recipe's
+    methods on host images, e.g. ``recipe.reconstruct(x)``, ``recipe.encode(x)``
+    or ``recipe.sample(n, generator)``.
+    """
+    from .train import TrainingError
+
+    recipe, _config, _train_set, test_set, _step = restore_run(run_dir)
+    if family is not None and recipe.name != family:
+        raise TrainingError(f"{run_dir} is a {recipe.name!r} run, not a {family!r} run")
+    return recipe, test_set

@@ -13,6 +13,7 @@ Inputs may be NumPy arrays, CuPy arrays or minigen Tensors; images are NCHW
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from matplotlib.figure import Figure
 
 from . import backend
 from .autograd import Tensor
+from .checkpoint import atomic_write_bytes
 
 __all__ = ["make_grid", "save_image_grid", "plot_curves", "read_metrics", "plot_density", "plot_samples",
            "plot_latent", "plot_interpolation", "plot_trajectory", "plot_gmm"]
@@ -48,9 +50,11 @@ def _figure(width, height):
 
 
 def _save(fig, path):
-    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
-    os.makedirs(directory, exist_ok=True)
-    fig.savefig(path, format="png")
+    """Render to memory, then write the PNG atomically (a temp file renamed into place, never
+    through a symlink that sits at ``path``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
     return fig
 
 
@@ -118,11 +122,12 @@ def _grid_figure(ncol, nrows, image_hw=(28, 28)):
 # ----------------------------------------------------------------------------
 
 def save_image_grid(images, path, nrow=8, title="samples", row_labels=None, value_range=(0.0, 1.0),
-                    xlabel="sample", ylabel=None):
-    """Save N images as a grid with ``nrow`` images per row.
+                    xlabel=None, ylabel=None):
+    """Save N images (N, C, H, W) as a grid with ``nrow`` images per row.
 
     row_labels: one label per row (e.g. the class names when row r holds
-    samples of class r); ``ylabel`` defaults to "class" then, else "row".
+    samples of class r), written beside the rows; ``ylabel`` defaults to
+    "class" then.  An unlabelled grid carries no axis labels unless given.
     """
     images = _as_nchw(images)
     ncol = max(1, min(int(nrow), len(images)))
@@ -130,8 +135,55 @@ def save_image_grid(images, path, nrow=8, title="samples", row_labels=None, valu
     ax = fig.add_subplot()
     _show_grid(ax, images, nrow, value_range, row_labels=row_labels)
     ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel or ("class" if row_labels is not None else "row"))
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel or row_labels is not None:
+        ax.set_ylabel(ylabel or "class")
+    return _save(fig, path)
+
+
+def plot_sample_strip(paths, steps, path, title="samples over training"):
+    """The sample grids saved during a run (PNG files), side by side in order, each under its step."""
+    import matplotlib.image as mpimg
+
+    pictures = [mpimg.imread(p) for p in paths]
+    fig = _figure(2.2 * len(pictures), 2.6)
+    for i, (picture, step) in enumerate(zip(pictures, steps)):
+        ax = fig.add_subplot(1, len(pictures), i + 1)
+        ax.imshow(picture)
+        ax.set_title(f"step {step}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_mosaic(panels, path, title="samples per run", cols=4):
+    """Labelled pictures side by side: ``panels`` is a list of (label, grid array or None)."""
+    cols = min(cols, max(1, len(panels)))
+    rows = math.ceil(len(panels) / cols)
+    fig = _figure(3.0 * cols, 3.2 * rows)
+    for i, (label, grid) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        if grid is not None:
+            ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_quality_vs_cost(points, path, title="quality against cost"):
+    """FLD against training seconds on log axes; ``points`` is a list of (label, seconds, fld)."""
+    fig = _figure(6, 4.5)
+    ax = fig.add_subplot()
+    for label, seconds, fld in points:
+        ax.scatter([seconds], [fld])
+        ax.annotate(label, (seconds, fld), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("FLD (lower is better)")
+    ax.set_title(title)
     return _save(fig, path)
 
 
@@ -212,12 +264,15 @@ def read_metrics(path):
     """The rows of a ``metrics.jsonl`` file (one JSON object per line) as a list of dicts."""
     rows = []
     with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}: line {number} is not JSON ({exc.msg})") from None
+        lines = f.read().splitlines()
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if number == len(lines):   # a last line cut short by a crash: the rows before it stand
+                    break
+                raise ValueError(f"{path}: line {number} is not JSON ({exc.msg})") from None
     return rows
 
 

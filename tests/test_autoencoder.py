@@ -19,7 +19,8 @@ from minigen import functional as F
 from minigen import optim
 from minigen.autograd import no_grad
 from minigen.models import PCA, Autoencoder
-from minigen.models.autoencoder import load_trained, reconstruction_loss
+from minigen.evaluate import load_trained
+from minigen.models.autoencoder import reconstruction_loss
 from minigen.train import TrainingError, train
 
 TINY = {"hidden": 32, "latent_dim": 4, "batch_size": 32, "log_every": 1, "checkpoint_every": 100,
@@ -94,7 +95,7 @@ def test_recipe_loss_falls_and_the_run_reloads(tmp_path, loss):
         losses = [json.loads(line)["loss"] for line in f if line.strip()]
     assert len(losses) == 40
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
-    recipe, test_set = load_trained(run)
+    recipe, test_set = load_trained(run, "autoencoder")
     x = test_set.images[:6]
     recon = recipe.reconstruct(x)
     assert recon.shape == (6, 1, 28, 28) and recon.min() >= 0.0 and recon.max() <= 1.0

@@ -9,15 +9,12 @@ from minigen.autograd import Function
 from minigen.testing import GradcheckError, gradcheck, gradgradcheck
 
 from strategies import broadcastable_pair
-
-
-def t(x, device="cpu", requires_grad=True):
-    return mg.tensor(np.asarray(x, dtype=np.float64), device=device, requires_grad=requires_grad)
+from helpers import tensor
 
 
 def test_diamond_graph_accumulates_once(device):
     # y = x*x + x*x: x feeds two branches; the walk must add both and visit x's consumers once.
-    x = t([1.0, 2.0, 3.0], device)
+    x = tensor([1.0, 2.0, 3.0], device, requires_grad=True)
     a = x * x
     y = (a + a).sum()
     y.backward()
@@ -26,7 +23,7 @@ def test_diamond_graph_accumulates_once(device):
 
 def test_deep_chain_is_iterative():
     # 5000 ops deep: a recursive walk would hit Python's recursion limit.
-    x = t(1.0)
+    x = tensor(1.0, requires_grad=True)
     y = x
     for _ in range(5000):
         y = y * 1.0001
@@ -35,14 +32,14 @@ def test_deep_chain_is_iterative():
 
 
 def test_grad_accumulates_across_backward_calls():
-    x = t([1.0, 2.0])
+    x = tensor([1.0, 2.0], requires_grad=True)
     (x * 3).sum().backward()
     (x * 3).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), [6.0, 6.0])
 
 
 def test_graph_is_freed_and_second_backward_is_refused():
-    x = t([1.0, 2.0])
+    x = tensor([1.0, 2.0], requires_grad=True)
     y = (x.exp() * 2).sum()
     y.backward()
     with pytest.raises(RuntimeError, match="retain_graph"):
@@ -50,7 +47,7 @@ def test_graph_is_freed_and_second_backward_is_refused():
 
 
 def test_retain_graph_allows_second_backward():
-    x = t([1.0, 2.0])
+    x = tensor([1.0, 2.0], requires_grad=True)
     y = (x.exp() * 2).sum()
     y.backward(retain_graph=True)
     y.backward()
@@ -58,7 +55,7 @@ def test_retain_graph_allows_second_backward():
 
 
 def test_intermediate_grads_are_not_kept_unless_asked():
-    x = t([1.0, 2.0])
+    x = tensor([1.0, 2.0], requires_grad=True)
     h = x * 2
     k = (x * 3).retain_grad()
     (h * k).sum().backward()
@@ -67,7 +64,7 @@ def test_intermediate_grads_are_not_kept_unless_asked():
 
 
 def test_no_grad_records_nothing():
-    x = t([1.0])
+    x = tensor([1.0], requires_grad=True)
     with mg.no_grad():
         y = x * 2
     assert y.creator is None and not y.requires_grad
@@ -78,14 +75,14 @@ def test_no_grad_records_nothing():
 
 
 def test_detach_cuts_the_graph():
-    x = t([1.0, 2.0])
+    x = tensor([1.0, 2.0], requires_grad=True)
     y = (x.detach() * x).sum()
     y.backward()
     np.testing.assert_allclose(x.grad.numpy(), [1.0, 2.0])
 
 
 def test_backward_of_non_scalar_needs_gradient():
-    x = t([1.0, 2.0])
+    x = tensor([1.0, 2.0], requires_grad=True)
     with pytest.raises(RuntimeError, match="one-element"):
         (x * 2).backward()
     (x * 2).backward(gradient=np.array([1.0, 10.0]))
@@ -119,15 +116,15 @@ def test_broadcasting_is_undone_centrally(pair):
 
 
 def test_grad_function_leaves_dot_grad_alone():
-    x = t([1.0, 2.0])
-    w = t([3.0, 4.0])
+    x = tensor([1.0, 2.0], requires_grad=True)
+    w = tensor([3.0, 4.0], requires_grad=True)
     (gx,) = mg.grad((x * w).sum(), [x])
     np.testing.assert_allclose(gx.numpy(), [3.0, 4.0])
     assert x.grad is None and w.grad is None
 
 
 def test_grad_of_intermediate_tensor():
-    x = t([1.0, 2.0])
+    x = tensor([1.0, 2.0], requires_grad=True)
     h = x * 3
     y = (h * h).sum()
     (gh,) = mg.grad(y, [h])
@@ -135,7 +132,7 @@ def test_grad_of_intermediate_tensor():
 
 
 def test_grad_unused_input():
-    x, z = t([1.0]), t([2.0])
+    x, z = tensor([1.0], requires_grad=True), tensor([2.0], requires_grad=True)
     with pytest.raises(RuntimeError, match="not used"):
         mg.grad((x * 2).sum(), [x, z])
     gx, gz = mg.grad((x * 2).sum(), [x, z], allow_unused=True)
@@ -143,7 +140,7 @@ def test_grad_unused_input():
 
 
 def test_second_derivative_of_cube():
-    x = t([1.0, 2.0, 3.0])
+    x = tensor([1.0, 2.0, 3.0], requires_grad=True)
     (g,) = mg.grad((x ** 3).sum(), [x], create_graph=True)
     np.testing.assert_allclose(g.numpy(), 3 * np.array([1.0, 4.0, 9.0]))
     g.sum().backward()
@@ -152,8 +149,8 @@ def test_second_derivative_of_cube():
 
 def test_gradient_penalty_shape_of_use():
     # R1-style: penalty = |d f(x) / dx|^2, differentiated w.r.t. a weight.
-    x = t([[0.5, -1.0]])
-    w = t([[2.0], [3.0]])
+    x = tensor([[0.5, -1.0]], requires_grad=True)
+    w = tensor([[2.0], [3.0]], requires_grad=True)
     f = (F.matmul(x, w) ** 2).sum()
     (gx,) = mg.grad(f, [x], create_graph=True)
     penalty = (gx ** 2).sum()

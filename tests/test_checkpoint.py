@@ -47,7 +47,7 @@ def test_corrupt_and_missing_files_give_clear_errors(tmp_path):
         load_tree(tmp_path / "absent.npz")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"this is not a zip file")
-    with pytest.raises(CheckpointError, match="bad.npz: not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="bad.npz: not a readable minigen checkpoint"):
         load_tree(bad)
     other = tmp_path / "other.npz"
     np.savez(other, a=np.ones(2))

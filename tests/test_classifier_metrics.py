@@ -1,7 +1,9 @@
 """The reference classifier (trained with minigen, cached with its hash) and metrics in its features.
 
-Training it takes one to two minutes on 2 CPU cores; it happens once per test session, into a
-temporary cache directory, so the retrain-if-absent path is what is tested.
+The classifier comes from conftest's ``reference_cache``: the user's cached one when its hash
+and recipe check out, else trained once per test run.  Its accuracy is measured here from the
+weights, never read from the JSON.  The train-if-absent and retrain-if-tampered paths run with
+a stand-in for the training, so they take seconds.
 """
 import json
 import os
@@ -9,27 +11,14 @@ import os
 import numpy as np
 import pytest
 
+import minigen as mg
 from minigen.data import load_dataset
 from minigen.metrics import classifier as clf_mod
 from minigen.metrics.sample_quality import frechet_distance, kernel_distance, precision_recall
 
 
 @pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("minigen-cache")
-    old = os.environ.get("MINIGEN_CACHE")
-    os.environ["MINIGEN_CACHE"] = str(path)
-    clf_mod._memo.clear()
-    yield path
-    clf_mod._memo.clear()
-    if old is None:
-        os.environ.pop("MINIGEN_CACHE", None)
-    else:
-        os.environ["MINIGEN_CACHE"] = old
-
-
-@pytest.fixture(scope="session")
-def classifier(cache):
+def classifier(reference_cache):
     return clf_mod.get_classifier("mnist", device="cpu")
 
 
@@ -46,10 +35,10 @@ def test_classifier_reaches_its_accuracy_target(classifier, mnist_test):
     assert acc == pytest.approx(classifier.test_accuracy)
 
 
-def test_cache_records_hash_and_accuracy_and_is_reused(classifier, cache, monkeypatch):
-    (info_file,) = [p for p in os.listdir(cache) if p.endswith(".json")]
-    info = json.load(open(os.path.join(cache, info_file)))
-    weights = os.path.join(cache, info_file[:-5] + ".npz")
+def test_cache_records_hash_and_accuracy_and_is_reused(classifier, reference_cache, monkeypatch):
+    (info_file,) = [p for p in os.listdir(reference_cache) if p.endswith(".json")]
+    info = json.load(open(os.path.join(reference_cache, info_file)))
+    weights = os.path.join(reference_cache, info_file[:-5] + ".npz")
     assert info["sha256"] == clf_mod._sha256(weights)
     assert info["test_accuracy"] == pytest.approx(classifier.test_accuracy)
 
@@ -63,10 +52,10 @@ def test_cache_records_hash_and_accuracy_and_is_reused(classifier, cache, monkey
     np.testing.assert_allclose(again.features_and_probs(imgs)[0], classifier.features_and_probs(imgs)[0])
 
 
-def test_a_tampered_weight_file_is_retrained_not_trusted(classifier, cache, monkeypatch, tmp_path):
+def test_a_tampered_weight_file_is_retrained_not_trusted(classifier, reference_cache, monkeypatch, tmp_path):
     import shutil
     copy = tmp_path / "cache"
-    shutil.copytree(cache, copy)
+    shutil.copytree(reference_cache, copy)
     (npz,) = [p for p in os.listdir(copy) if p.endswith(".npz")]
     with open(copy / npz, "r+b") as f:  # flip bytes in the middle of the file
         f.seek(os.path.getsize(copy / npz) // 2)
@@ -83,6 +72,36 @@ def test_a_tampered_weight_file_is_retrained_not_trusted(classifier, cache, monk
     clf_mod.get_classifier("mnist", device="cpu")
     clf_mod._memo.clear()
     assert calls == [1]
+
+
+def test_an_absent_classifier_is_trained_and_cached_with_its_hash(monkeypatch, tmp_path):
+    monkeypatch.setenv("MINIGEN_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_training(train_set, test_set, **kw):
+        calls.append({k: kw[k] for k in ("augment", "epochs")})
+        return clf_mod.LeNet(generator=mg.Generator(0)), 0.5
+
+    monkeypatch.setattr(clf_mod, "train_classifier", fake_training)
+    clf_mod._memo.clear()
+    first = clf_mod.get_classifier("mnist", device="cpu")
+    weights, info_path = clf_mod.cache_paths("mnist", load_dataset("mnist", "train"))
+    info = clf_mod.cached_info("mnist", weights, info_path)
+    assert info is not None and info["sha256"] == clf_mod._sha256(weights)
+    assert calls == [clf_mod.TRAINING["mnist"]] and first.test_accuracy == 0.5
+    clf_mod._memo.clear()
+    again = clf_mod.get_classifier("mnist", device="cpu")    # loaded from the cache, not trained again
+    clf_mod._memo.clear()
+    assert len(calls) == 1
+    imgs = load_dataset("mnist", "test").images[:20]
+    np.testing.assert_array_equal(again.features_and_probs(imgs)[0], first.features_and_probs(imgs)[0])
+    # another recipe's file is not trusted
+    with open(info_path) as f:
+        stale = json.load(f)
+    stale["training"] = {"augment": None, "epochs": 1}
+    with open(info_path, "w") as f:
+        json.dump(stale, f)
+    assert clf_mod.cached_info("mnist", weights, info_path) is None
 
 
 def test_fld_and_kid_grow_as_noise_corrupts_test_images(classifier, mnist_test):
@@ -116,7 +135,7 @@ def _fashion_available():
 def _fashion_cached():
     if not _fashion_available():
         return False
-    _weights, info = clf_mod.cache_paths("fashion-mnist", load_dataset("fashion-mnist", "train"))
+    _weights, info = clf_mod.cache_paths("fashion-mnist", load_dataset("fashion-mnist", "train"), USER_CACHE)
     return os.path.exists(info)
 
 

@@ -22,8 +22,11 @@ from scipy.stats import norm
 import minigen as mg
 import minigen.functional as F
 from minigen import backend, nn
-from minigen.models.diffusion.ddpm import GaussianDiffusion, discretized_gaussian_log_likelihood, normal_kl
+from minigen.distributions import gaussian_kl
+from minigen.models.diffusion.ddpm import GaussianDiffusion, discretized_gaussian_log_likelihood
 from minigen.models.diffusion.schedule import DiffusionSchedule, extract, make_beta_schedule
+
+from helpers import tensor
 
 from strategies import seeds
 
@@ -32,10 +35,6 @@ SCHEDULES = ("linear", "cosine", "sigmoid")
 
 def host(x):
     return backend.to_numpy(x.data if isinstance(x, mg.Tensor) else x)
-
-
-def tensor(a, device="cpu", dtype=np.float64):
-    return mg.tensor(np.asarray(a, dtype=dtype), device=device)
 
 
 def timesteps(values, device="cpu"):
@@ -290,7 +289,7 @@ def test_kl_of_a_reverse_step_is_a_weighted_squared_error(name, frac, seed):
     xt = d.q_sample(tensor(x0), tt, tensor(eps))
     true_mean, _, log_var = d.q_posterior_mean_variance(tensor(x0), xt, tt)
     model_mean, _, _ = d.q_posterior_mean_variance(tensor(x0_hat), xt, tt)      # mu_theta = mu~(x_t, x0_hat)
-    kl = host(normal_kl(true_mean, log_var, model_mean, log_var)).sum(1)
+    kl = host(gaussian_kl(true_mean, log_var, model_mean, log_var)).sum(1)
     # §5.2: w_t = (SNR(t-1) - SNR(t)) / 2 with SNR = ab / (1 - ab)
     ab, ab_prev = s.alphas_cumprod[t], s.alphas_cumprod[t - 1]
     w_x0 = 0.5 * (ab_prev / (1 - ab_prev) - ab / (1 - ab))
@@ -307,10 +306,10 @@ def test_normal_kl_matches_the_closed_form_and_takes_arrays():
     m1, lv1, m2, lv2 = 0.3, -1.0, -0.2, 0.5
     v1, v2 = math.exp(lv1), math.exp(lv2)
     expected = math.log(math.sqrt(v2 / v1)) + (v1 + (m1 - m2) ** 2) / (2 * v2) - 0.5
-    got = normal_kl(np.array([m1]), np.array([lv1]), m2, lv2)
+    got = gaussian_kl(np.array([m1]), np.array([lv1]), m2, lv2)
     assert isinstance(got, np.ndarray)
     np.testing.assert_allclose(got, [expected], rtol=1e-12)
-    got_t = normal_kl(tensor([m1]), lv1, tensor([m2]), np.array([lv2]))
+    got_t = gaussian_kl(tensor([m1]), lv1, tensor([m2]), np.array([lv2]))
     assert isinstance(got_t, mg.Tensor)
     np.testing.assert_allclose(host(got_t), [expected], rtol=1e-12)
 
@@ -755,25 +754,29 @@ def test_bad_configuration_is_refused():
 
 
 def test_bad_inputs_get_clear_errors():
+    # every public entry point checks its arguments once, at the door; q_sample and the other
+    # formulas trust what they are given
     d = GaussianDiffusion("linear", T=10)
     x0 = mg.tensor(np.zeros((2, 1, 2, 2), np.float32))
     noise = mg.tensor(np.ones((2, 1, 2, 2), np.float32))
-    with pytest.raises(ValueError, match=r"q_sample: timesteps must lie in \[0, 10\), got \[3, 10\]"):
-        d.q_sample(x0, timesteps([3, 10]), noise)
+    with pytest.raises(ValueError, match=r"p_losses: timesteps must lie in \[0, 10\), got \[3, 10\]"):
+        d.p_losses(smooth_model, x0, t=timesteps([3, 10]), noise=noise)
     with pytest.raises(ValueError, match=r"timesteps must lie in \[0, 10\), got \[-1, 0\]"):
-        d.q_sample(x0, timesteps([-1, 0]), noise)
+        d.p_losses(smooth_model, x0, t=timesteps([-1, 0]), noise=noise)
     with pytest.raises(ValueError, match="t must be a 1-D integer array"):
-        d.q_sample(x0, timesteps([[1, 2]]), noise)
+        d.p_losses(smooth_model, x0, t=timesteps([[1, 2]]), noise=noise)
     with pytest.raises(ValueError, match="t must be a 1-D integer array"):
-        d.q_sample(x0, np.array([1.0, 2.0]), noise)
+        d.p_losses(smooth_model, x0, t=np.array([1.0, 2.0]), noise=noise)
     with pytest.raises(ValueError, match="3 timesteps for a batch of 2 images"):
-        d.q_sample(x0, timesteps([1, 2, 3]), noise)
+        d.p_losses(smooth_model, x0, t=timesteps([1, 2, 3]), noise=noise)
     with pytest.raises(ValueError, match=r"noise has shape \(2, 1, 2, 3\) but the images have shape \(2, 1, 2, 2\)"):
-        d.q_sample(x0, timesteps([1, 2]), mg.tensor(np.ones((2, 1, 2, 3), np.float32)))
+        d.p_losses(smooth_model, x0, t=timesteps([1, 2]), noise=mg.tensor(np.ones((2, 1, 2, 3), np.float32)))
     with pytest.raises(TypeError, match="x0 has dtype float64 but the diffusion runs in float32"):
-        d.q_sample(x0.double(), timesteps([1, 2]), noise)
+        d.p_losses(smooth_model, x0.double(), t=timesteps([1, 2]), noise=noise)
     with pytest.raises(ValueError, match="at least 2 dims"):
-        d.q_sample(mg.tensor(np.zeros(2, np.float32)), timesteps([1, 2]), mg.tensor(np.zeros(2, np.float32)))
+        d.p_losses(smooth_model, mg.tensor(np.zeros(2, np.float32)), t=timesteps([1, 2]))
+    with pytest.raises(ValueError, match=r"model_predictions: timesteps must lie in \[0, 10\)"):
+        d.model_predictions(smooth_model, x0, timesteps([0, 10]))
     with pytest.raises(ValueError, match=r"x_t has shape \(1, 1, 2, 2\) but the images have shape"):
         d.q_posterior_mean_variance(x0, x0[:1], timesteps([1, 2]))
     with pytest.raises(ValueError, match=r"labels y must be integers of shape \(2,\)"):

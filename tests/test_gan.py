@@ -20,8 +20,8 @@ import minigen as mg
 import minigen.functional as F
 from minigen import optim
 from minigen.data import Dataset, toy
-from minigen.models.gan import (CGANRecipe, DCGANDiscriminator, DCGANGenerator, DCGANRecipe, GANRecipe,
-                                MLPDiscriminator, discriminator_loss, discriminator_step, gan_step,
+from minigen.families.gan import CGANRecipe, DCGANRecipe, GANRecipe
+from minigen.models.gan import (DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, discriminator_loss, discriminator_step, gan_step,
                                 generator_loss, generator_step, optimal_discriminator, value_function)
 from minigen.testing import gradcheck
 from minigen.train import TrainingError, make_config, train

@@ -13,12 +13,9 @@ import minigen.functional as F
 from minigen.testing import gradcheck, gradgradcheck
 
 from strategies import arrays, assume, away_from, shapes
+from helpers import tensor
 
 REDUCTIONS = ["mean", "sum", "none"]
-
-
-def t(x, device="cpu", requires_grad=False, dtype=np.float64):
-    return mg.tensor(np.asarray(x, dtype=dtype), device=device, requires_grad=requires_grad)
 
 
 def rng(seed=0):
@@ -45,9 +42,9 @@ def sigmoid_np(x):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_mse_and_l1_values(reduction, device):
     x, y = rng().standard_normal((3, 4)), rng(1).standard_normal((3, 4))
-    got = F.mse_loss(t(x, device), t(y, device), reduction=reduction).numpy()
+    got = F.mse_loss(tensor(x, device), tensor(y, device), reduction=reduction).numpy()
     np.testing.assert_allclose(got, reduce_np((x - y) ** 2, reduction), rtol=1e-12)
-    got = F.l1_loss(t(x, device), y, reduction=reduction).numpy()  # an array target works too
+    got = F.l1_loss(tensor(x, device), y, reduction=reduction).numpy()  # an array target works too
     np.testing.assert_allclose(got, reduce_np(np.abs(x - y), reduction), rtol=1e-12)
 
 
@@ -70,7 +67,7 @@ def test_gaussian_nll_values_and_grads(full, reduction, device):
     x, y = r.standard_normal((3, 4)), r.standard_normal((3, 4))
     var = r.uniform(0.2, 2.0, (3, 4))
     want = 0.5 * (np.log(var) + (x - y) ** 2 / var) + (0.5 * math.log(2 * math.pi) if full else 0.0)
-    got = F.gaussian_nll_loss(t(x, device), t(y, device), t(var, device), full=full, reduction=reduction)
+    got = F.gaussian_nll_loss(tensor(x, device), tensor(y, device), tensor(var, device), full=full, reduction=reduction)
     np.testing.assert_allclose(got.numpy(), reduce_np(want, reduction), rtol=1e-12)
     fn = lambda a, b, v: F.gaussian_nll_loss(a, b, v, full=full, reduction=reduction)  # noqa: E731
     gradcheck(fn, [x, y, var], device=device)
@@ -82,15 +79,15 @@ def test_gaussian_nll_shared_variance_shapes_and_eps_clamp():
     x, y = r.standard_normal((2, 3)), r.standard_normal((2, 3))
     v_row = r.uniform(0.5, 1.5, (2,))
     # a variance without the last dim is shared along it
-    got = F.gaussian_nll_loss(t(x), t(y), t(v_row), reduction="none").numpy()
+    got = F.gaussian_nll_loss(tensor(x), tensor(y), tensor(v_row), reduction="none").numpy()
     np.testing.assert_allclose(got, 0.5 * (np.log(v_row[:, None]) + (x - y) ** 2 / v_row[:, None]))
-    gradcheck(lambda a, v: F.gaussian_nll_loss(a, t(y), v), [x, v_row])
-    gradcheck(lambda a, v: F.gaussian_nll_loss(a, t(y), v), [x, v_row[:, None]])  # (2, 1)
-    np.testing.assert_allclose(F.gaussian_nll_loss(t(x), t(y), 0.7).item(),
+    gradcheck(lambda a, v: F.gaussian_nll_loss(a, tensor(y), v), [x, v_row])
+    gradcheck(lambda a, v: F.gaussian_nll_loss(a, tensor(y), v), [x, v_row[:, None]])  # (2, 1)
+    np.testing.assert_allclose(F.gaussian_nll_loss(tensor(x), tensor(y), 0.7).item(),
                                np.mean(0.5 * (np.log(0.7) + (x - y) ** 2 / 0.7)))
     # var below eps: the value uses eps, the gradient passes through the clamp (PyTorch's rule)
-    v = t([[1e-9]], requires_grad=True)
-    loss = F.gaussian_nll_loss(t([[0.0]]), t([[1e-3]]), v, eps=1e-6)
+    v = tensor([[1e-9]], requires_grad=True)
+    loss = F.gaussian_nll_loss(tensor([[0.0]]), tensor([[1e-3]]), v, eps=1e-6)
     np.testing.assert_allclose(loss.item(), 0.5 * (np.log(1e-6) + 1e-6 / 1e-6))
     loss.backward()
     np.testing.assert_allclose(v.grad.item(), 0.5 * (1 / 1e-6 - 1e-6 / 1e-12))
@@ -109,10 +106,10 @@ def test_bce_with_logits_values(reduction, device):
     r = rng(4)
     x, y = r.standard_normal((3, 4)) * 3, r.uniform(0, 1, (3, 4))
     w, pw = r.uniform(0.5, 2, (3, 4)), r.uniform(0.5, 2, (4,))
-    got = F.binary_cross_entropy_with_logits(t(x, device), t(y, device), reduction=reduction)
+    got = F.binary_cross_entropy_with_logits(tensor(x, device), tensor(y, device), reduction=reduction)
     np.testing.assert_allclose(got.numpy(), reduce_np(bce_logits_np(x, y), reduction), rtol=1e-12)
-    got = F.binary_cross_entropy_with_logits(t(x, device), t(y, device), weight=t(w, device),
-                                             pos_weight=t(pw, device), reduction=reduction)
+    got = F.binary_cross_entropy_with_logits(tensor(x, device), tensor(y, device), weight=tensor(w, device),
+                                             pos_weight=tensor(pw, device), reduction=reduction)
     np.testing.assert_allclose(got.numpy(), reduce_np(w * bce_logits_np(x, y, pw), reduction), rtol=1e-12)
 
 
@@ -141,14 +138,14 @@ def test_bce_with_logits_is_stable_at_extreme_logits(device):
     x = np.array([1000.0, -1000.0, 1000.0, -1000.0, 0.0])
     y = np.array([1.0, 0.0, 0.0, 1.0, 0.5])
     for dtype in (np.float64, np.float32):
-        a = t(x, device, requires_grad=True, dtype=dtype)
-        loss = F.binary_cross_entropy_with_logits(a, t(y, device, dtype=dtype), reduction="none")
+        a = tensor(x, device, requires_grad=True, dtype=dtype)
+        loss = F.binary_cross_entropy_with_logits(a, tensor(y, device, dtype=dtype), reduction="none")
         np.testing.assert_allclose(loss.numpy(), [0.0, 0.0, 1000.0, 1000.0, math.log(2)], rtol=1e-6)
         loss.sum().backward()
         np.testing.assert_allclose(a.grad.numpy(), [0.0, 0.0, 1.0, -1.0, 0.0], atol=1e-7)
     # the second-derivative path (sigma(x) as an op) is stable too
-    a = t(x, device, requires_grad=True)
-    (g,) = mg.grad(F.binary_cross_entropy_with_logits(a, t(y, device), reduction="sum"), [a],
+    a = tensor(x, device, requires_grad=True)
+    (g,) = mg.grad(F.binary_cross_entropy_with_logits(a, tensor(y, device), reduction="sum"), [a],
                    create_graph=True)
     np.testing.assert_allclose(g.numpy(), [0.0, 0.0, 1.0, -1.0, 0.0], atol=1e-12)
     (gg,) = mg.grad(g.sum(), [a])
@@ -160,9 +157,9 @@ def test_bce_on_probabilities(reduction, device):
     r = rng(6)
     p, y, w = r.uniform(0.05, 0.95, (3, 4)), r.uniform(0, 1, (3, 4)), r.uniform(0.5, 2, (3, 4))
     want = -(y * np.log(p) + (1 - y) * np.log(1 - p))
-    got = F.binary_cross_entropy(t(p, device), t(y, device), reduction=reduction)
+    got = F.binary_cross_entropy(tensor(p, device), tensor(y, device), reduction=reduction)
     np.testing.assert_allclose(got.numpy(), reduce_np(want, reduction), rtol=1e-12)
-    got = F.binary_cross_entropy(t(p, device), t(y, device), weight=t(w, device), reduction=reduction)
+    got = F.binary_cross_entropy(tensor(p, device), tensor(y, device), weight=tensor(w, device), reduction=reduction)
     np.testing.assert_allclose(got.numpy(), reduce_np(w * want, reduction), rtol=1e-12)
     fn = lambda a, b: F.binary_cross_entropy(a, b, reduction=reduction)  # noqa: E731
     gradcheck(fn, [p, y], device=device, eps=1e-7)
@@ -170,8 +167,8 @@ def test_bce_on_probabilities(reduction, device):
 
 
 def test_bce_on_probabilities_clamps_logs_at_minus_100(device):
-    p = t([0.0, 1.0, 0.0, 1.0], device, requires_grad=True)
-    y = t([1.0, 0.0, 0.0, 1.0], device)
+    p = tensor([0.0, 1.0, 0.0, 1.0], device, requires_grad=True)
+    y = tensor([1.0, 0.0, 0.0, 1.0], device)
     loss = F.binary_cross_entropy(p, y, reduction="none")
     np.testing.assert_array_equal(loss.numpy(), [100.0, 100.0, 0.0, 0.0])
     loss.sum().backward()
@@ -179,8 +176,8 @@ def test_bce_on_probabilities_clamps_logs_at_minus_100(device):
     assert np.all(np.isfinite(g))
     np.testing.assert_allclose(g, [-1e12, 1e12, 0.0, 0.0])  # (p - t) / max(p (1 - p), 1e-12)
     # gradient with respect to a target at p = 0 or 1 uses the clamped logs as well
-    yt = t([0.3, 0.3], device, requires_grad=True)
-    F.binary_cross_entropy(t([0.0, 1.0], device), yt, reduction="sum").backward()
+    yt = tensor([0.3, 0.3], device, requires_grad=True)
+    F.binary_cross_entropy(tensor([0.0, 1.0], device), yt, reduction="sum").backward()
     np.testing.assert_allclose(yt.grad.numpy(), [100.0, -100.0])
 
 
@@ -209,7 +206,7 @@ def test_cross_entropy_index_targets(reduction, shape, weighted, smoothing, devi
     x = r.standard_normal(shape) * 2
     y = r.integers(0, shape[1], (shape[0],) + shape[2:])
     w = r.uniform(0.5, 2, shape[1]) if weighted else None
-    got = F.cross_entropy(t(x, device), mg.tensor(y, device=device), weight=w, reduction=reduction,
+    got = F.cross_entropy(tensor(x, device), mg.tensor(y, device=device), weight=w, reduction=reduction,
                           label_smoothing=smoothing)
     np.testing.assert_allclose(got.numpy(), cross_entropy_np(x, y, w, reduction, smoothing), rtol=1e-12)
     gradcheck(lambda a: F.cross_entropy(a, y, weight=w, reduction=reduction, label_smoothing=smoothing),
@@ -219,9 +216,9 @@ def test_cross_entropy_index_targets(reduction, shape, weighted, smoothing, devi
 def test_cross_entropy_weighted_mean_divides_by_target_weights():
     x = np.zeros((2, 3))  # uniform predictions: each -log p = log 3
     w = np.array([1.0, 2.0, 5.0])
-    got = F.cross_entropy(t(x), np.array([0, 2]), weight=t(w)).item()
+    got = F.cross_entropy(tensor(x), np.array([0, 2]), weight=tensor(w)).item()
     np.testing.assert_allclose(got, (1 * math.log(3) + 5 * math.log(3)) / (1 + 5))
-    got_sum = F.cross_entropy(t(x), np.array([0, 2]), weight=t(w), reduction="sum").item()
+    got_sum = F.cross_entropy(tensor(x), np.array([0, 2]), weight=tensor(w), reduction="sum").item()
     np.testing.assert_allclose(got_sum, 6 * math.log(3))
 
 
@@ -234,7 +231,7 @@ def test_cross_entropy_probability_targets(reduction, device):
     for smoothing in (0.0, 0.2):
         qs = q * (1 - smoothing) + smoothing / 3
         want = -(qs * w * log_softmax_np(x, 1)).sum(1)
-        got = F.cross_entropy(t(x, device), t(q, device), weight=w, reduction=reduction,
+        got = F.cross_entropy(tensor(x, device), tensor(q, device), weight=w, reduction=reduction,
                               label_smoothing=smoothing)
         np.testing.assert_allclose(got.numpy(), reduce_np(want, reduction), rtol=1e-12)
     # gradients to both the logits and the target distribution
@@ -245,15 +242,15 @@ def test_cross_entropy_probability_targets(reduction, device):
 def test_cross_entropy_index_and_onehot_targets_agree_and_match_nll():
     r = rng(9)
     x, y = r.standard_normal((5, 4)), r.integers(0, 4, 5)
-    a = F.cross_entropy(t(x), y).item()
-    b = F.cross_entropy(t(x), t(np.eye(4)[y])).item()
-    c = F.nll_loss(F.log_softmax(t(x), 1), y).item()
+    a = F.cross_entropy(tensor(x), y).item()
+    b = F.cross_entropy(tensor(x), tensor(np.eye(4)[y])).item()
+    c = F.nll_loss(F.log_softmax(tensor(x), 1), y).item()
     np.testing.assert_allclose([a, b], [c, c], rtol=1e-13)
     # an unbatched input (C,) with a 0-d target
     nll0 = -log_softmax_np(x[:1], 1)[0, y[0]]
-    np.testing.assert_allclose(F.cross_entropy(t(x[0]), np.array(y[0])).item(), nll0)
+    np.testing.assert_allclose(F.cross_entropy(tensor(x[0]), np.array(y[0])).item(), nll0)
     w = np.array([0.5, 2.0, 3.0, 4.0])
-    np.testing.assert_allclose(F.cross_entropy(t(x[0]), np.array(y[0]), weight=w, reduction="sum").item(),
+    np.testing.assert_allclose(F.cross_entropy(tensor(x[0]), np.array(y[0]), weight=w, reduction="sum").item(),
                                w[y[0]] * nll0)
 
 
@@ -266,13 +263,13 @@ def test_nll_loss_values_and_grads(reduction, device):
     picked = np.take_along_axis(logp, y[:, None], 1)[:, 0]     # (2, 4)
     per = -w[y] * picked
     want = per.sum() / w[y].sum() if reduction == "mean" else reduce_np(per, reduction)
-    got = F.nll_loss(t(logp, device), mg.tensor(y, device=device), weight=t(w), reduction=reduction)
+    got = F.nll_loss(tensor(logp, device), mg.tensor(y, device=device), weight=tensor(w), reduction=reduction)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
     gradcheck(lambda a: F.nll_loss(a, y, weight=w, reduction=reduction), [logp], device=device)
 
 
 def test_cross_entropy_is_stable_at_extreme_logits(device):
-    x = t([[1000.0, -1000.0, 0.0], [-1000.0, -1000.0, 1000.0]], device, requires_grad=True)
+    x = tensor([[1000.0, -1000.0, 0.0], [-1000.0, -1000.0, 1000.0]], device, requires_grad=True)
     loss = F.cross_entropy(x, np.array([1, 2]), reduction="none")
     np.testing.assert_allclose(loss.numpy(), [2000.0, 0.0])
     loss.sum().backward()
@@ -314,16 +311,16 @@ def test_losses_keep_float32(device):
 
 
 def test_errors_name_the_loss_and_the_problem():
-    x, y = t(np.zeros((2, 3))), t(np.zeros((2, 4)))
+    x, y = tensor(np.zeros((2, 3))), tensor(np.zeros((2, 4)))
     for fn, name in [(F.mse_loss, "mse_loss"), (F.l1_loss, "l1_loss"),
                      (F.binary_cross_entropy_with_logits, "binary_cross_entropy_with_logits"),
                      (F.binary_cross_entropy, "binary_cross_entropy")]:
         with pytest.raises(ValueError, match=rf"{name}: input shape \(2, 3\) and target shape \(2, 4\)"):
             fn(x, y)
         with pytest.raises(ValueError, match=rf"{name}: reduction must be .*got 'avg'"):
-            fn(x, t(np.zeros((2, 3))), reduction="avg")
+            fn(x, tensor(np.zeros((2, 3))), reduction="avg")
     with pytest.raises(ValueError, match=r"gaussian_nll_loss: input shape \(2, 3\) and target shape \(2, 4\)"):
-        F.gaussian_nll_loss(x, y, t(np.ones((2, 3))))
+        F.gaussian_nll_loss(x, y, tensor(np.ones((2, 3))))
     with pytest.raises(IndexError, match="cross_entropy: class index 3 is out of range for 3 classes"):
         F.cross_entropy(x, np.array([0, 3]))
     with pytest.raises(IndexError, match="nll_loss: class index -1 is out of range"):
@@ -337,10 +334,10 @@ def test_errors_name_the_loss_and_the_problem():
     with pytest.raises(ValueError, match="cross_entropy: reduction"):
         F.cross_entropy(x, np.array([0, 1]), reduction="mean ")
     with pytest.raises(ValueError, match=r"binary_cross_entropy: input must hold probabilities in \[0, 1\]"):
-        F.binary_cross_entropy(t([0.5, 1.5]), t([0.0, 1.0]))
+        F.binary_cross_entropy(tensor([0.5, 1.5]), tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="pos_weight of shape \\(2,\\) does not broadcast"):
-        F.binary_cross_entropy_with_logits(x, t(np.zeros((2, 3))), pos_weight=t([1.0, 2.0]))
+        F.binary_cross_entropy_with_logits(x, tensor(np.zeros((2, 3))), pos_weight=tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match="gaussian_nll_loss: var has negative"):
-        F.gaussian_nll_loss(x, t(np.zeros((2, 3))), t(-np.ones((2, 3))))
+        F.gaussian_nll_loss(x, tensor(np.zeros((2, 3))), tensor(-np.ones((2, 3))))
     with pytest.raises(ValueError, match=r"gaussian_nll_loss: var of shape \(3,\)"):
-        F.gaussian_nll_loss(x, t(np.zeros((2, 3))), t(np.ones(3)))
+        F.gaussian_nll_loss(x, tensor(np.zeros((2, 3))), tensor(np.ones(3)))

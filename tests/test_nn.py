@@ -104,18 +104,42 @@ def test_parameter_is_a_leaf_tensor_requiring_grad():
 # modes, grads, devices, copies
 # ----------------------------------------------------------------------------
 
-def test_train_eval_propagate_and_context_restores():
+def test_train_and_eval_are_plain_setters():
     m = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Dropout(), nn.BatchNorm1d(2)))
     assert all(x.training for x in m.modules())
     assert m.eval() is m
     assert not any(x.training for x in m.modules())
-    m.train()
-    m[1].eval()  # a partly frozen model
-    with m.eval():
-        assert not any(x.training for x in m.modules())
-    assert [x.training for x in m.modules()] == [True, True, False, False, False]
+    assert m.train() is m and all(x.training for x in m.modules())
+    assert m.train(False) is m and not any(x.training for x in m.modules())
+    assert not hasattr(m, "__enter__") and set(vars(m)) == set(vars(nn.Sequential()))   # no hidden state
     with pytest.raises(TypeError):
         m.train("no")
+
+
+def test_eval_mode_restores_every_submodule_mode():
+    m = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Dropout(), nn.BatchNorm1d(2)))
+    m[1].eval()  # a partly frozen model
+    before = [x.training for x in m.modules()]
+    assert before == [True, True, False, False, False]
+    with nn.eval_mode(m) as inside:
+        assert inside is m and not any(x.training for x in m.modules())
+    assert [x.training for x in m.modules()] == before
+    # also when the block raises; several modules at once
+    other = nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match="inside"):
+        with nn.eval_mode(m, other):
+            assert not other.training and not m[0].training
+            raise RuntimeError("inside")
+    assert [x.training for x in m.modules()] == before and other.training
+    # dropout really is off inside: two calls agree
+    d = nn.Dropout(0.5)
+    x = mg.ones(8, 8)
+    with nn.eval_mode(d):
+        np.testing.assert_array_equal(d(x).numpy(), x.numpy())
+    assert d.training
+    with pytest.raises(TypeError, match="eval_mode: expected nn.Module"):
+        with nn.eval_mode("model"):
+            pass
 
 
 def test_zero_grad_requires_grad_and_apply():

@@ -15,12 +15,9 @@ from minigen.functional import attention as attention_module
 from minigen.testing import GradcheckError, gradcheck, gradgradcheck
 
 from strategies import seeds
+from helpers import tensor
 
 sdpa = F.scaled_dot_product_attention
-
-
-def t(a, device="cpu", requires_grad=False):
-    return mg.tensor(np.asarray(a), device=device, requires_grad=requires_grad)
 
 
 def reference(q, k, v, bias=None, scale=None):
@@ -50,8 +47,9 @@ def qkv(rng, batch=(2, 3), L=4, S=5, E=3, Ev=2):
 def test_forward_matches_the_definition(batch, L, S, E, Ev, seed):
     rng = np.random.default_rng(seed)
     q, k, v = qkv(rng, batch, L, S, E, Ev)
-    np.testing.assert_allclose(sdpa(t(q), t(k), t(v)).numpy(), reference(q, k, v), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(sdpa(t(q), t(k), t(v), scale=0.3).numpy(), reference(q, k, v, scale=0.3),
+    np.testing.assert_allclose(sdpa(tensor(q), tensor(k), tensor(v)).numpy(), reference(q, k, v),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sdpa(tensor(q), tensor(k), tensor(v), scale=0.3).numpy(), reference(q, k, v, scale=0.3),
                                rtol=1e-12, atol=1e-12)
 
 
@@ -59,7 +57,7 @@ def test_attention_weights_are_a_distribution(device):
     # With v = identity the output is the weight matrix P itself.
     rng = np.random.default_rng(0)
     q, k = rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 5, 3))
-    p = sdpa(t(q, device), t(k, device), t(np.broadcast_to(np.eye(5), (2, 5, 5)), device)).numpy()
+    p = sdpa(tensor(q, device), tensor(k, device), tensor(np.broadcast_to(np.eye(5), (2, 5, 5)), device)).numpy()
     assert np.all(p > 0)
     np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-12, atol=1e-12)
 
@@ -71,9 +69,9 @@ def test_large_scores_are_stable(device):
     q, k, v = qkv(rng)
     q = q * 3e3
     ref = reference(q, k, v)
-    out64 = sdpa(t(q, device), t(k, device), t(v, device)).numpy()
+    out64 = sdpa(tensor(q, device), tensor(k, device), tensor(v, device)).numpy()
     np.testing.assert_allclose(out64, ref, rtol=1e-9, atol=1e-9)
-    out32 = sdpa(*[t(a.astype(np.float32), device) for a in (q, k, v)]).numpy()
+    out32 = sdpa(*[tensor(a, device, dtype=np.float32) for a in (q, k, v)]).numpy()
     assert out32.dtype == np.float32 and np.all(np.isfinite(out32))
     np.testing.assert_allclose(out32, ref, rtol=1e-3, atol=1e-3)
 
@@ -83,7 +81,7 @@ def test_both_softmax_paths_agree():
     rng = np.random.default_rng(2)
     q, k, v = qkv(rng, L=6, S=7)
     for factor in (1.0, 200.0):  # |scores| < 40, then > 40 somewhere
-        np.testing.assert_allclose(sdpa(t(q * factor), t(k), t(v)).numpy(), reference(q * factor, k, v),
+        np.testing.assert_allclose(sdpa(tensor(q * factor), tensor(k), tensor(v)).numpy(), reference(q * factor, k, v),
                                    rtol=1e-10, atol=1e-12)
 
 
@@ -96,16 +94,17 @@ def test_boolean_mask_removes_keys_and_their_values(device):
     q, k, v = qkv(rng)
     mask = rng.random((4, 5)) < 0.6
     mask[:, 0] = True  # every query keeps a key
-    out = sdpa(t(q, device), t(k, device), t(v, device), attn_mask=t(mask, device)).numpy()
+    out = sdpa(tensor(q, device), tensor(k, device), tensor(v, device),
+               attn_mask=mg.tensor(mask, device=device)).numpy()
     np.testing.assert_allclose(out, reference(q, k, v, np.where(mask, 0.0, -np.inf)), rtol=1e-12, atol=1e-12)
     # a key masked for every query: its value (and key) do not matter at all
     mask[:, 3] = False
-    V, K = t(v, device, requires_grad=True), t(k, device, requires_grad=True)
-    out = sdpa(t(q, device), K, V, attn_mask=t(mask, device))
+    V, K = tensor(v, device, requires_grad=True), tensor(k, device, requires_grad=True)
+    out = sdpa(tensor(q, device), K, V, attn_mask=mg.tensor(mask, device=device))
     v2, k2 = v.copy(), k.copy()
     v2[..., 3, :] += 100.0
     k2[..., 3, :] -= 50.0
-    out2 = sdpa(t(q, device), t(k2, device), t(v2, device), attn_mask=t(mask, device))
+    out2 = sdpa(tensor(q, device), tensor(k2, device), tensor(v2, device), attn_mask=mg.tensor(mask, device=device))
     np.testing.assert_allclose(out.numpy(), out2.numpy(), rtol=1e-12, atol=1e-12)
     gk, gv = mg.grad(out.sum(), [K, V])
     assert np.all(gv.numpy()[..., 3, :] == 0) and np.all(gk.numpy()[..., 3, :] == 0)
@@ -116,7 +115,7 @@ def test_float_mask_is_added_to_the_scores(device):
     rng = np.random.default_rng(4)
     q, k, v = qkv(rng)
     bias = rng.standard_normal((3, 4, 5))  # broadcasts over the first batch dim
-    out = sdpa(t(q, device), t(k, device), t(v, device), attn_mask=t(bias, device)).numpy()
+    out = sdpa(tensor(q, device), tensor(k, device), tensor(v, device), attn_mask=tensor(bias, device)).numpy()
     np.testing.assert_allclose(out, reference(q, k, v, bias), rtol=1e-12, atol=1e-12)
 
 
@@ -125,10 +124,11 @@ def test_causal_is_the_lower_triangular_mask(device):
     for L, S in ((4, 4), (3, 5), (5, 3)):
         q, k, v = qkv(rng, L=L, S=S)
         tril = np.tril(np.ones((L, S), dtype=bool))
-        out = sdpa(t(q, device), t(k, device), t(v, device), is_causal=True).numpy()
+        out = sdpa(tensor(q, device), tensor(k, device), tensor(v, device), is_causal=True).numpy()
         ref = reference(q, k, v, np.where(tril, 0.0, -np.inf))
         np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
-        masked = sdpa(t(q, device), t(k, device), t(v, device), attn_mask=t(tril, device)).numpy()
+        masked = sdpa(tensor(q, device), tensor(k, device), tensor(v, device),
+                      attn_mask=mg.tensor(tril, device=device)).numpy()
         np.testing.assert_allclose(out, masked, rtol=1e-12, atol=1e-12)
         # the first query sees only the first key
         np.testing.assert_allclose(out[..., 0, :], v[..., 0, :], rtol=1e-12, atol=1e-12)
@@ -139,8 +139,8 @@ def test_fully_masked_query_gives_zeros_not_nan(device):
     q, k, v = qkv(rng)
     mask = np.ones((4, 5), dtype=bool)
     mask[2] = False
-    Q = t(q, device, requires_grad=True)
-    out = sdpa(Q, t(k, device), t(v, device), attn_mask=t(mask, device))
+    Q = tensor(q, device, requires_grad=True)
+    out = sdpa(Q, tensor(k, device), tensor(v, device), attn_mask=mg.tensor(mask, device=device))
     assert np.all(out.numpy()[..., 2, :] == 0)
     assert np.all(np.isfinite(out.numpy()))
     (gq,) = mg.grad((out * out).sum(), [Q])
@@ -159,7 +159,7 @@ def test_gradcheck(device, case):
         gradcheck(sdpa, [q, k, v], device=device)
     elif case == "bool":
         mask = np.array([[1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 0, 0]], dtype=bool)
-        gradcheck(lambda q, k, v: sdpa(q, k, v, attn_mask=t(mask, device)), [q, k, v], device=device)
+        gradcheck(lambda q, k, v: sdpa(q, k, v, attn_mask=mg.tensor(mask, device=device)), [q, k, v], device=device)
     elif case == "float":  # the float mask is an input too
         gradcheck(lambda q, k, v, m: sdpa(q, k, v, attn_mask=m), [q, k, v, rng.standard_normal((3, 4))],
                   device=device)
@@ -203,7 +203,7 @@ def test_gradgradcheck(device):
     q, k, v = qkv(rng, batch=(1,), L=2, S=3, E=2, Ev=2)
     gradgradcheck(sdpa, [q, k, v], device=device)
     mask = np.array([[1, 0, 1], [1, 1, 1]], dtype=bool)
-    gradgradcheck(lambda q, k, v: sdpa(q, k, v, attn_mask=t(mask, device)), [q, k, v], device=device)
+    gradgradcheck(lambda q, k, v: sdpa(q, k, v, attn_mask=mg.tensor(mask, device=device)), [q, k, v], device=device)
     gradgradcheck(lambda q, k, v, m: sdpa(q, k, v, attn_mask=m), [q, k, v, rng.standard_normal((2, 3))],
                   device=device)
 
@@ -216,16 +216,17 @@ def test_dropout_uses_the_generator_and_rescales(device):
     rng = np.random.default_rng(11)
     q, k, v = qkv(rng, batch=(2,), L=3, S=4)
     p = 0.4
-    out = sdpa(t(q, device), t(k, device), t(v, device), dropout_p=p,
+    out = sdpa(tensor(q, device), tensor(k, device), tensor(v, device), dropout_p=p,
                generator=mg.Generator(3, device)).numpy()
     keep = mg.Generator(3, device).bernoulli(1 - p, (2, 3, 4), dtype=np.float64)
     keep = mg.Tensor(keep).numpy()
     weights = reference(q, k, np.broadcast_to(np.eye(4), (2, 4, 4)))
     np.testing.assert_allclose(out, (weights * keep / (1 - p)) @ v, rtol=1e-12, atol=1e-12)
     # same generator seed, same result; dropout_p=0 is plain attention
-    again = sdpa(t(q, device), t(k, device), t(v, device), dropout_p=p, generator=mg.Generator(3, device))
+    again = sdpa(tensor(q, device), tensor(k, device), tensor(v, device), dropout_p=p,
+                 generator=mg.Generator(3, device))
     np.testing.assert_array_equal(out, again.numpy())
-    np.testing.assert_allclose(sdpa(t(q, device), t(k, device), t(v, device), dropout_p=0.0).numpy(),
+    np.testing.assert_allclose(sdpa(tensor(q, device), tensor(k, device), tensor(v, device), dropout_p=0.0).numpy(),
                                reference(q, k, v), rtol=1e-12, atol=1e-12)
 
 
@@ -240,8 +241,8 @@ def test_dropout_gradcheck():
 
 def test_float32_stays_float32():
     rng = np.random.default_rng(13)
-    q, k, v = [t(a.astype(np.float32), requires_grad=True) for a in qkv(rng)]
-    out = sdpa(q, k, v, attn_mask=t(np.ones((4, 5), bool)))
+    q, k, v = [tensor(a, requires_grad=True, dtype=np.float32) for a in qkv(rng)]
+    out = sdpa(q, k, v, attn_mask=mg.tensor(np.ones((4, 5), bool)))
     assert out.dtype == np.float32
     assert all(g.dtype == np.float32 for g in mg.grad(out.sum(), [q, k, v]))
 

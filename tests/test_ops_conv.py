@@ -15,6 +15,7 @@ import minigen.functional as F
 from minigen.testing import GradcheckError, gradcheck, gradgradcheck
 
 from strategies import no_ties, seeds
+from helpers import tensor
 
 RNG = np.random.default_rng(1234)
 
@@ -28,10 +29,6 @@ def _fresh_rng():
 
 def rand(*shape):
     return RNG.standard_normal(shape)
-
-
-def t(x, device="cpu", requires_grad=False):
-    return mg.tensor(np.asarray(x, dtype=np.float64), device=device, requires_grad=requires_grad)
 
 
 def pair(v):
@@ -145,7 +142,7 @@ def test_conv2d_shape_and_values_match_the_direct_loop(g):
     x = g["rng"].standard_normal((g["N"], g["Cg"] * G, *g["hw"]))
     w = g["rng"].standard_normal((g["Fg"] * G, g["Cg"], *g["k"]))
     b = g["rng"].standard_normal(g["Fg"] * G) if g["bias"] else None
-    y = F.conv2d(t(x), t(w), None if b is None else t(b), g["stride"], g["padding"], g["dilation"], G)
+    y = F.conv2d(tensor(x), tensor(w), None if b is None else tensor(b), g["stride"], g["padding"], g["dilation"], G)
     expected_hw = tuple((g["hw"][a] + 2 * g["padding"][a] - g["dilation"][a] * (g["k"][a] - 1) - 1)
                         // g["stride"][a] + 1 for a in range(2))
     assert y.shape == (g["N"], g["Fg"] * G) + expected_hw
@@ -165,7 +162,7 @@ def test_conv_transpose2d_shape_and_values_match_the_direct_loop(g, data):
     x = g["rng"].standard_normal((g["N"], g["Cg"] * G, *hw))
     w = g["rng"].standard_normal((g["Cg"] * G, g["Fg"], *g["k"]))
     b = g["rng"].standard_normal(g["Fg"] * G) if g["bias"] else None
-    y = F.conv_transpose2d(t(x), t(w), None if b is None else t(b), s, p, op, G, d)
+    y = F.conv_transpose2d(tensor(x), tensor(w), None if b is None else tensor(b), s, p, op, G, d)
     assert y.shape == (g["N"], g["Fg"] * G) + out_hw
     np.testing.assert_allclose(y.numpy(), ref_conv_transpose2d(x, w, b, s, p, op, G, d), rtol=1e-12, atol=1e-12)
 
@@ -183,8 +180,8 @@ def test_conv_transpose2d_is_the_adjoint_of_conv2d(g, data):
     out_hw = tuple((hw[a] - 1) * s[a] - 2 * p[a] + d[a] * (g["k"][a] - 1) + op[a] + 1 for a in range(2))
     assume(min(out_hw) >= 1)
     z = g["rng"].standard_normal((g["N"], g["Fg"] * G, *out_hw))
-    lhs = float((F.conv_transpose2d(t(u), t(w), None, s, p, op, G, d).numpy() * z).sum())
-    conv_z = F.conv2d(t(z), t(w), None, s, p, d, G).numpy()
+    lhs = float((F.conv_transpose2d(tensor(u), tensor(w), None, s, p, op, G, d).numpy() * z).sum())
+    conv_z = F.conv2d(tensor(z), tensor(w), None, s, p, d, G).numpy()
     # with output_padding >= stride, conv2d(z) has extra rows that no u entry feeds
     rhs = float((u * conv_z[:, :, :hw[0], :hw[1]]).sum())
     assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-10)
@@ -275,7 +272,7 @@ def square(fn):
                                 dict(kernel_size=(3, 2), stride=(1, 2))])
 def test_avg_pool2d_values_and_gradients(kw, device):
     x = rand(2, 2, 5, 6)
-    y = F.avg_pool2d(t(x, device), **kw)
+    y = F.avg_pool2d(tensor(x, device), **kw)
     np.testing.assert_allclose(y.numpy(), ref_pool(x, kw["kernel_size"], kw.get("stride", kw["kernel_size"]),
                                                    kw.get("padding", 0), np.mean), rtol=1e-12, atol=1e-12)
     gradcheck(lambda x: F.avg_pool2d(x, **kw), [x], device=device)
@@ -287,7 +284,7 @@ def test_avg_pool2d_values_and_gradients(kw, device):
 def test_max_pool2d_values_and_gradients(kw, device):
     x = RNG.permutation(60).reshape(1, 2, 5, 6) / 7.0  # distinct values: no ties in any window
     assert no_ties(x)
-    y = F.max_pool2d(t(x, device), **kw)
+    y = F.max_pool2d(tensor(x, device), **kw)
     np.testing.assert_array_equal(y.numpy(), ref_pool(x, kw["kernel_size"], kw.get("stride", kw["kernel_size"]),
                                                       kw.get("padding", 0), np.max))
     gradcheck(lambda x: F.max_pool2d(x, **kw), [x], device=device)
@@ -296,7 +293,7 @@ def test_max_pool2d_values_and_gradients(kw, device):
 
 
 def test_max_pool2d_gradient_goes_to_the_argmax():
-    x = t([[[[1.0, 5.0], [3.0, 2.0]]]], requires_grad=True)
+    x = tensor([[[[1.0, 5.0], [3.0, 2.0]]]], requires_grad=True)
     F.max_pool2d(x, 2).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [[[[0.0, 1.0], [0.0, 0.0]]]])
 
@@ -314,7 +311,7 @@ INTERP_CASES = [  # (input hw, kwargs, reference output hw)
 @pytest.mark.parametrize("hw, kw, out", INTERP_CASES)
 def test_interpolate_values_and_gradients(hw, kw, out, device):
     x = rand(2, 2, *hw)
-    y = F.interpolate(t(x, device), **kw)
+    y = F.interpolate(tensor(x, device), **kw)
     assert y.shape == (2, 2) + out
     ref = ref_interpolate(x, out, kw.get("mode", "nearest"), kw.get("align_corners", False))
     np.testing.assert_allclose(y.numpy(), ref, rtol=1e-12, atol=1e-12)
@@ -323,9 +320,9 @@ def test_interpolate_values_and_gradients(hw, kw, out, device):
 
 
 def test_nearest_x2_backward_sums_each_block():
-    x = t(np.zeros((1, 1, 2, 2)), requires_grad=True)
+    x = tensor(np.zeros((1, 1, 2, 2)), requires_grad=True)
     gy = np.arange(16.0).reshape(1, 1, 4, 4)
-    F.interpolate(x, scale_factor=2).backward(t(gy))
+    F.interpolate(x, scale_factor=2).backward(tensor(gy))
     np.testing.assert_array_equal(x.grad.numpy(), gy.reshape(1, 1, 2, 2, 2, 2).sum(axis=(3, 5)))
 
 
@@ -348,37 +345,37 @@ def test_a_wrong_gradient_is_caught():
 # ----------------------------------------------------------------------------
 
 def test_conv2d_errors():
-    x = t(rand(2, 3, 8, 8))
+    x = tensor(rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"conv2d: input has 3 channels \(shape \(2, 3, 8, 8\)\).*expects 4"):
-        F.conv2d(x, t(rand(5, 4, 3, 3)))
+        F.conv2d(x, tensor(rand(5, 4, 3, 3)))
     with pytest.raises(ValueError, match=r"conv2d: groups=2 must divide both the input channels \(3"):
-        F.conv2d(x, t(rand(4, 1, 3, 3)), groups=2)
+        F.conv2d(x, tensor(rand(4, 1, 3, 3)), groups=2)
     with pytest.raises(ValueError, match=r"conv2d: the input's spatial size 2x2 .*smaller than the kernel 3x3"):
-        F.conv2d(t(rand(1, 3, 2, 2)), t(rand(4, 3, 3, 3)))
+        F.conv2d(tensor(rand(1, 3, 2, 2)), tensor(rand(4, 3, 3, 3)))
     with pytest.raises(ValueError, match=r"conv2d: expected a 4-D input \(N, C, H, W\), got shape \(3, 8, 8\)"):
-        F.conv2d(t(rand(3, 8, 8)), t(rand(4, 3, 3, 3)))
+        F.conv2d(tensor(rand(3, 8, 8)), tensor(rand(4, 3, 3, 3)))
     with pytest.raises(ValueError, match=r"conv2d: bias must be a Tensor of shape \(4,\)"):
-        F.conv2d(x, t(rand(4, 3, 3, 3)), t(rand(3)))
+        F.conv2d(x, tensor(rand(4, 3, 3, 3)), tensor(rand(3)))
     with pytest.raises(ValueError, match="conv2d: stride must be >= 1"):
-        F.conv2d(x, t(rand(4, 3, 3, 3)), stride=0)
+        F.conv2d(x, tensor(rand(4, 3, 3, 3)), stride=0)
     with pytest.raises(TypeError, match="conv2d: padding must be an int or a pair"):
-        F.conv2d(x, t(rand(4, 3, 3, 3)), padding=(1, 1, 1))
+        F.conv2d(x, tensor(rand(4, 3, 3, 3)), padding=(1, 1, 1))
 
 
 def test_conv_transpose2d_errors():
-    x = t(rand(2, 3, 4, 4))
+    x = tensor(rand(2, 3, 4, 4))
     with pytest.raises(ValueError, match=r"conv_transpose2d: input has 3 channels .*expects 4"):
-        F.conv_transpose2d(x, t(rand(4, 2, 3, 3)))
+        F.conv_transpose2d(x, tensor(rand(4, 2, 3, 3)))
     with pytest.raises(ValueError, match=r"conv_transpose2d: groups=2 must divide the input channels \(3"):
-        F.conv_transpose2d(x, t(rand(3, 2, 3, 3)), groups=2)
+        F.conv_transpose2d(x, tensor(rand(3, 2, 3, 3)), groups=2)
     with pytest.raises(ValueError, match="conv_transpose2d: output_padding .* smaller than either stride"):
-        F.conv_transpose2d(x, t(rand(3, 2, 3, 3)), stride=2, output_padding=2)
+        F.conv_transpose2d(x, tensor(rand(3, 2, 3, 3)), stride=2, output_padding=2)
     with pytest.raises(ValueError, match="conv_transpose2d: the output size .* is not positive"):
-        F.conv_transpose2d(t(rand(1, 3, 1, 1)), t(rand(3, 2, 1, 1)), padding=1)
+        F.conv_transpose2d(tensor(rand(1, 3, 1, 1)), tensor(rand(3, 2, 1, 1)), padding=1)
 
 
 def test_pool_and_interpolate_errors():
-    x = t(rand(1, 2, 4, 4))
+    x = tensor(rand(1, 2, 4, 4))
     with pytest.raises(ValueError, match="max_pool2d: padding .* between 0 and half the kernel size"):
         F.max_pool2d(x, 2, padding=2)
     with pytest.raises(ValueError, match=r"avg_pool2d: the input's spatial size 4x4 .* smaller than the kernel 5x5"):

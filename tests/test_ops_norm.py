@@ -14,14 +14,11 @@ from minigen.functional import norm as norm_module
 from minigen.testing import GradcheckError, gradcheck, gradgradcheck
 
 from strategies import seeds
+from helpers import tensor
 
 
 def arr(rng, *shape, scale=1.0, shift=0.0):
     return rng.standard_normal(shape) * scale + shift
-
-
-def t(a, device="cpu", requires_grad=False):
-    return mg.tensor(np.asarray(a), device=device, requires_grad=requires_grad)
 
 
 # ----------------------------------------------------------------------------
@@ -43,7 +40,7 @@ def test_batch_norm_training_gradcheck(device, shape):
 
 def test_batch_norm_eval_gradcheck(device):
     rng = np.random.default_rng(1)
-    rm, rv = t(arr(rng, 3), device), t(rng.uniform(0.5, 2.0, 3), device)
+    rm, rv = tensor(arr(rng, 3), device), tensor(rng.uniform(0.5, 2.0, 3), device)
     fn = lambda x, w, b: F.batch_norm(x, rm, rv, w, b, training=False)  # noqa: E731
     gradcheck(fn, [arr(rng, 2, 3, 2, 2), arr(rng, 3), arr(rng, 3)], device=device)
     gradcheck(lambda x: F.batch_norm(x, rm, rv), [arr(rng, 4, 3)], device=device)
@@ -129,7 +126,7 @@ def test_batch_norm_gradgradcheck(device):
     rng = np.random.default_rng(8)
     fn = lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True)  # noqa: E731
     gradgradcheck(fn, [arr(rng, 3, 2, 2), arr(rng, 2), arr(rng, 2)], device=device)
-    rm, rv = t(arr(rng, 2), device), t(rng.uniform(0.5, 2.0, 2), device)
+    rm, rv = tensor(arr(rng, 2), device), tensor(rng.uniform(0.5, 2.0, 2), device)
     # eval mode: y is affine in x, so only the weight-x cross terms survive
     gradgradcheck(lambda x, w: F.batch_norm(x, rm, rv, w), [arr(rng, 3, 2), arr(rng, 2)], device=device)
 
@@ -170,11 +167,11 @@ def test_gradient_penalty_through_group_norm():
 def test_running_statistics_follow_the_formula(device):
     rng = np.random.default_rng(10)
     C, momentum = 3, 0.2
-    rm, rv = t(np.zeros(C), device), t(np.ones(C), device)
+    rm, rv = tensor(np.zeros(C), device), tensor(np.ones(C), device)
     mean, var = np.zeros(C), np.ones(C)
     for _ in range(4):
         x = arr(rng, 5, C, 2, 3, scale=2.0, shift=1.5)
-        F.batch_norm(t(x, device), rm, rv, training=True, momentum=momentum)
+        F.batch_norm(tensor(x, device), rm, rv, training=True, momentum=momentum)
         n = x.size // C
         bm = x.mean(axis=(0, 2, 3))
         bv = x.var(axis=(0, 2, 3)) * n / (n - 1)  # unbiased, as PyTorch
@@ -184,7 +181,7 @@ def test_running_statistics_follow_the_formula(device):
     np.testing.assert_allclose(rv.numpy(), var, rtol=1e-12)
     # eval mode then uses exactly these statistics
     x = arr(rng, 2, C, 2, 3)
-    y = F.batch_norm(t(x, device), rm, rv, training=False)
+    y = F.batch_norm(tensor(x, device), rm, rv, training=False)
     np.testing.assert_allclose(y.numpy(), (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5),
                                rtol=1e-10)
 
@@ -192,7 +189,7 @@ def test_running_statistics_follow_the_formula(device):
 def test_running_statistics_update_outside_the_graph():
     rng = np.random.default_rng(11)
     rm, rv = mg.zeros(2, dtype=np.float64), mg.ones(2, dtype=np.float64)
-    x = t(arr(rng, 4, 2), requires_grad=True)
+    x = tensor(arr(rng, 4, 2), requires_grad=True)
     F.batch_norm(x, rm, rv, training=True).sum().backward()
     assert rm.creator is None and not rm.requires_grad and rm.grad is None
     before = rm.numpy().copy()
@@ -204,7 +201,7 @@ def test_running_statistics_update_outside_the_graph():
 def test_normalised_output_has_zero_mean_and_unit_variance(device, op):
     rng = np.random.default_rng(12)
     x = arr(rng, 4, 6, 3, 5, scale=3.0, shift=-2.0)
-    X = t(x, device)
+    X = tensor(x, device)
     if op == "batch":
         y, axes = F.batch_norm(X, None, None, training=True, eps=0.0).numpy(), (0, 2, 3)
     elif op == "group":
@@ -219,14 +216,14 @@ def test_affine_parameters_scale_and_shift_per_channel():
     rng = np.random.default_rng(13)
     x = arr(rng, 2, 4, 3)
     w, b = arr(rng, 4), arr(rng, 4)
-    plain = F.group_norm(t(x), 2).numpy()
-    y = F.group_norm(t(x), 2, t(w), t(b)).numpy()
+    plain = F.group_norm(tensor(x), 2).numpy()
+    y = F.group_norm(tensor(x), 2, tensor(w), tensor(b)).numpy()
     np.testing.assert_allclose(y, plain * w[:, None] + b[:, None], rtol=1e-12)
-    plain = F.layer_norm(t(x), 3).numpy()
+    plain = F.layer_norm(tensor(x), 3).numpy()
     w3, b3 = arr(rng, 3), arr(rng, 3)
-    np.testing.assert_allclose(F.layer_norm(t(x), 3, t(w3), t(b3)).numpy(), plain * w3 + b3, rtol=1e-12)
+    np.testing.assert_allclose(F.layer_norm(tensor(x), 3, tensor(w3), tensor(b3)).numpy(), plain * w3 + b3, rtol=1e-12)
     # bias alone
-    np.testing.assert_allclose(F.layer_norm(t(x), 3, bias=t(b3)).numpy(), plain + b3, rtol=1e-12)
+    np.testing.assert_allclose(F.layer_norm(tensor(x), 3, bias=tensor(b3)).numpy(), plain + b3, rtol=1e-12)
 
 
 def test_large_offset_does_not_lose_the_variance():

@@ -12,6 +12,7 @@ import torch.nn.functional as TF  # noqa: E402
 
 import minigen as mg  # noqa: E402
 import minigen.functional as F  # noqa: E402
+from helpers import compare  # noqa: E402
 
 RNG = np.random.default_rng(7)
 
@@ -31,18 +32,6 @@ def both(*arrays, dtype=np.float64):
             [torch.tensor(a, requires_grad=True) for a in arrays])
 
 
-def check_op(mg_fn, torch_fn, arrays, dtype=np.float64):
-    """Forward and all input gradients of mg_fn and torch_fn agree."""
-    ms, ts = both(*arrays, dtype=dtype)
-    y, yt = mg_fn(*ms), torch_fn(*ts)
-    np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), **TOL[dtype])
-    gy = RNG.standard_normal(y.shape).astype(dtype)
-    grads = mg.grad(y, ms, grad_outputs=mg.tensor(gy))
-    grads_t = torch.autograd.grad(yt, ts, torch.tensor(gy))
-    for g, gt in zip(grads, grads_t):
-        np.testing.assert_allclose(g.numpy(), gt.numpy(), **TOL[dtype])
-
-
 CONV = [  # (x shape, weight shape, kwargs)
     ((2, 3, 8, 8), (4, 3, 3, 3), dict(padding=1)),
     ((2, 4, 9, 7), (6, 2, 3, 3), dict(stride=2, padding=(1, 2), groups=2)),
@@ -56,7 +45,8 @@ CONV = [  # (x shape, weight shape, kwargs)
 @pytest.mark.parametrize("xs, ws, kw", CONV)
 def test_conv2d_matches_torch(xs, ws, kw, dtype):
     arrays = [RNG.standard_normal(xs), RNG.standard_normal(ws), RNG.standard_normal(ws[0])]
-    check_op(lambda x, w, b: F.conv2d(x, w, b, **kw), lambda x, w, b: TF.conv2d(x, w, b, **kw), arrays, dtype)
+    compare(lambda x, w, b: F.conv2d(x, w, b, **kw), lambda x, w, b: TF.conv2d(x, w, b, **kw),
+            [a.astype(dtype) for a in arrays], **TOL[dtype])
 
 
 TRANSPOSE = [  # (x shape, weight shape (in, out/groups, kh, kw), kwargs)
@@ -72,8 +62,8 @@ TRANSPOSE = [  # (x shape, weight shape (in, out/groups, kh, kw), kwargs)
 def test_conv_transpose2d_matches_torch(xs, ws, kw, dtype):
     groups = kw.get("groups", 1)
     arrays = [RNG.standard_normal(xs), RNG.standard_normal(ws), RNG.standard_normal(ws[1] * groups)]
-    check_op(lambda x, w, b: F.conv_transpose2d(x, w, b, **kw),
-             lambda x, w, b: TF.conv_transpose2d(x, w, b, **kw), arrays, dtype)
+    compare(lambda x, w, b: F.conv_transpose2d(x, w, b, **kw),
+            lambda x, w, b: TF.conv_transpose2d(x, w, b, **kw), [a.astype(dtype) for a in arrays], **TOL[dtype])
 
 
 @pytest.mark.parametrize("op, kw", [
@@ -86,7 +76,7 @@ def test_conv_transpose2d_matches_torch(xs, ws, kw, dtype):
 ])
 def test_pools_match_torch(op, kw):
     x = RNG.permutation(2 * 3 * 7 * 8).reshape(2, 3, 7, 8) / 10.0  # distinct values: a unique argmax
-    check_op(lambda x: getattr(F, op)(x, **kw), lambda x: getattr(TF, op)(x, **kw), [x])
+    compare(lambda x: getattr(F, op)(x, **kw), lambda x: getattr(TF, op)(x, **kw), [x], **TOL[np.float64])
 
 
 @pytest.mark.parametrize("kw", [
@@ -105,7 +95,7 @@ def test_pools_match_torch(op, kw):
 ])
 def test_interpolate_matches_torch(kw):
     x = RNG.standard_normal((2, 3, 6, 7))
-    check_op(lambda x: F.interpolate(x, **kw), lambda x: TF.interpolate(x, **kw), [x])
+    compare(lambda x: F.interpolate(x, **kw), lambda x: TF.interpolate(x, **kw), [x], **TOL[np.float64])
 
 
 def test_r1_penalty_second_derivative_matches_torch():

@@ -3,7 +3,7 @@
 * a DiT block (adaLN-Zero, with its zero weights moved so nothing is trivial) against a
   PyTorch block written here from Peebles & Xie (2023): output and every gradient;
 * the whole DiT: output against the PyTorch blocks plus a PyTorch patchify / unpatchify;
-* the default UNet against the PyTorch twin of benchmark W3 (benchmarks/torch_twins.py).
+* the default UNet against the PyTorch twin of benchmark W3 (tests/torch_twins.py).
 """
 import numpy as np
 import pytest
@@ -110,7 +110,7 @@ def test_dit_forward_matches_torch():
 
 
 def test_default_unet_matches_the_w3_torch_twin():
-    twins = pytest.importorskip("benchmarks.torch_twins")
+    twins = pytest.importorskip("tests.torch_twins")
     model = UNet(generator=mg.Generator(3, "cpu"))
     twin = twins.load_minigen_weights(twins.UNet(), model)
     rng = np.random.default_rng(2)

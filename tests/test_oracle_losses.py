@@ -10,30 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
 
-import minigen as mg  # noqa: E402
 import minigen.functional as F  # noqa: E402
+from helpers import compare  # noqa: E402
 
 pytestmark = pytest.mark.oracle
 
 REDUCTIONS = ["mean", "sum", "none"]
-
-
-def compare(mg_fn, torch_fn, arrays, grad_of, rtol=1e-10, atol=1e-12, seed=0):
-    """Run both on the same float64 arrays; compare outputs and the gradients of <w, out>."""
-    mts = [mg.tensor(a, requires_grad=i in grad_of) for i, a in enumerate(arrays)]
-    tts = [torch.tensor(a, requires_grad=i in grad_of) for i, a in enumerate(arrays)]
-    y, ty = mg_fn(*mts), torch_fn(*tts)
-    ys, tys = (list(y), list(ty)) if isinstance(y, tuple) else ([y], [ty])
-    for a, b in zip(ys, tys):
-        np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=rtol, atol=atol)
-    rng = np.random.default_rng(seed)
-    ws = [rng.standard_normal(b.shape).astype(a.dtype) for a, b in zip(ys, tys)]
-    total = sum((a * mg.tensor(w)).sum() for a, w in zip(ys, ws))
-    ttotal = sum((b * torch.tensor(w)).sum() for b, w in zip(tys, ws))
-    grads = mg.grad(total, [mts[i] for i in grad_of])
-    tgrads = torch.autograd.grad(ttotal, [tts[i] for i in grad_of])
-    for i, a, b in zip(grad_of, grads, tgrads):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=rtol, atol=atol, err_msg=f"gradient of input {i}")
 
 
 R = np.random.default_rng(0)

@@ -11,6 +11,7 @@ import torch.nn.functional as TF  # noqa: E402
 
 import minigen as mg  # noqa: E402
 import minigen.functional as F  # noqa: E402
+from helpers import compare  # noqa: E402
 
 pytestmark = pytest.mark.oracle
 
@@ -56,55 +57,27 @@ def _inputs(dtype):
     return x.astype(dtype), rng.standard_normal(x.shape)
 
 
-def _compare(ours, theirs, x, w_full, dtype, rtol, atol):
-    xm = mg.tensor(x, requires_grad=True)
-    xt = torch.tensor(x, requires_grad=True)
-    ym, yt = ours(xm), theirs(xt)
-    assert ym.shape == tuple(yt.shape)
-    assert ym.dtype == dtype
-    np.testing.assert_allclose(ym.numpy(), yt.detach().numpy(), rtol=rtol, atol=atol)
-    w = w_full.reshape(-1)[:yt.numel()].reshape(tuple(yt.shape)).astype(dtype)
-    (gm,) = mg.grad(ym, [xm], grad_outputs=[mg.tensor(w)])
-    (gt,) = torch.autograd.grad(yt, [xt], grad_outputs=[torch.tensor(w)])
-    np.testing.assert_allclose(gm.numpy(), gt.numpy(), rtol=rtol, atol=atol)
-
-
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_forward_and_gradient_match_torch(name, dtype):
-    x, w = _inputs(dtype)
+    x, _ = _inputs(dtype)
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=1e-5)
-    _compare(*ACTIVATIONS[name], x, w, dtype, **tol)
+    (y,), _ = compare(*ACTIVATIONS[name], [x], **tol)
+    assert y.dtype == dtype
 
 
 @pytest.mark.parametrize("op", ["maximum", "minimum"])
 def test_maximum_minimum_match_torch_including_ties(op):
     a = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]])
-    b = np.array([1.0, 0.0, 3.5])  # broadcasts; a tie at [0, 0]
-    am, bm = mg.tensor(a, requires_grad=True), mg.tensor(b, requires_grad=True)
-    at, bt = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
-    ym, yt = getattr(F, op)(am, bm), getattr(torch, op)(at, bt)
-    np.testing.assert_array_equal(ym.numpy(), yt.detach().numpy())
-    w = np.arange(1.0, 7.0).reshape(2, 3)
-    gm = mg.grad(ym, [am, bm], grad_outputs=[mg.tensor(w)])
-    gt = torch.autograd.grad(yt, [at, bt], grad_outputs=[torch.tensor(w)])
-    for g1, g2 in zip(gm, gt):
-        np.testing.assert_allclose(g1.numpy(), g2.numpy())
+    b = np.array([1.0, 0.0, 3.5])  # broadcasts; a tie at [0, 0]: both sides share its gradient
+    compare(getattr(F, op), getattr(torch, op), [a, b], gy=np.arange(1.0, 7.0).reshape(2, 3), rtol=0, atol=0)
 
 
 def test_where_matches_torch():
     rng = np.random.default_rng(12)
     cond = rng.random((3, 1, 4)) > 0.5
     a, b = rng.standard_normal((2, 4)), rng.standard_normal((3, 2, 1))
-    am, bm = mg.tensor(a, requires_grad=True), mg.tensor(b, requires_grad=True)
-    at, bt = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
-    ym, yt = F.where(mg.tensor(cond), am, bm), torch.where(torch.tensor(cond), at, bt)
-    np.testing.assert_array_equal(ym.numpy(), yt.detach().numpy())
-    w = rng.standard_normal(ym.shape)
-    gm = mg.grad(ym, [am, bm], grad_outputs=[mg.tensor(w)])
-    gt = torch.autograd.grad(yt, [at, bt], grad_outputs=[torch.tensor(w)])
-    for g1, g2 in zip(gm, gt):
-        np.testing.assert_allclose(g1.numpy(), g2.numpy(), rtol=1e-12)
+    compare(F.where, torch.where, [cond, a, b], gy=rng.standard_normal((3, 2, 4)), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("name", ["silu", "gelu", "gelu_tanh", "softplus", "log_softmax", "logsumexp"])

@@ -22,7 +22,7 @@ def copy_weights(tmod, mmod):
     mmod.load_state_dict({k: v.detach().numpy() for k, v in tmod.state_dict().items()}, strict=True)
 
 
-def compare(tmod, mmod, x, seed=0, tol=TOL):
+def compare_modules(tmod, mmod, x, seed=0, tol=TOL):
     """Same weights, same input, same upstream gradient: outputs and gradients must agree."""
     copy_weights(tmod, mmod)
     floating = x.dtype.kind == "f"
@@ -58,8 +58,8 @@ def _double():
 
 
 def test_linear():
-    compare(torch.nn.Linear(5, 3).double(), nn.Linear(5, 3), randn(2, 4, 5))
-    compare(torch.nn.Linear(5, 3, bias=False).double(), nn.Linear(5, 3, bias=False), randn(4, 5))
+    compare_modules(torch.nn.Linear(5, 3).double(), nn.Linear(5, 3), randn(2, 4, 5))
+    compare_modules(torch.nn.Linear(5, 3, bias=False).double(), nn.Linear(5, 3, bias=False), randn(4, 5))
 
 
 @pytest.mark.parametrize("kw", [
@@ -73,7 +73,7 @@ def test_linear():
 ])
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 def test_conv2d(kw):
-    compare(torch.nn.Conv2d(4, 6, **kw).double(), nn.Conv2d(4, 6, **kw), randn(2, 4, 7, 8))
+    compare_modules(torch.nn.Conv2d(4, 6, **kw).double(), nn.Conv2d(4, 6, **kw), randn(2, 4, 7, 8))
 
 
 @pytest.mark.parametrize("kw", [
@@ -82,7 +82,7 @@ def test_conv2d(kw):
     dict(kernel_size=3, groups=2, dilation=2, bias=False),
 ])
 def test_conv_transpose2d(kw):
-    compare(torch.nn.ConvTranspose2d(4, 6, **kw).double(), nn.ConvTranspose2d(4, 6, **kw), randn(2, 4, 5, 5))
+    compare_modules(torch.nn.ConvTranspose2d(4, 6, **kw).double(), nn.ConvTranspose2d(4, 6, **kw), randn(2, 4, 5, 5))
 
 
 def test_batchnorm2d_train_then_eval():
@@ -90,7 +90,7 @@ def test_batchnorm2d_train_then_eval():
     with torch.no_grad():
         tbn.weight.uniform_(0.5, 1.5)
         tbn.bias.uniform_(-0.5, 0.5)
-    compare(tbn, mbn, randn(4, 3, 5, 5, seed=1) * 2 + 1)         # train: batch statistics
+    compare_modules(tbn, mbn, randn(4, 3, 5, 5, seed=1) * 2 + 1)         # train: batch statistics
     for key, value in tbn.state_dict().items():                  # running stats after one step
         np.testing.assert_allclose(mbn.state_dict()[key].numpy(), value.numpy(), err_msg=key, **TOL)
     x2 = randn(4, 3, 5, 5, seed=2)
@@ -99,7 +99,7 @@ def test_batchnorm2d_train_then_eval():
     tbn(xt)
     tbn.eval()
     mbn.eval()
-    compare(tbn, mbn, randn(2, 3, 5, 5, seed=3))                 # eval: running statistics
+    compare_modules(tbn, mbn, randn(2, 3, 5, 5, seed=3))                 # eval: running statistics
     assert int(mbn.num_batches_tracked.item()) == 2
 
 
@@ -119,13 +119,13 @@ def test_groupnorm_and_layernorm():
     with torch.no_grad():
         for p in list(tgn.parameters()) + list(tln.parameters()):
             p.normal_()
-    compare(tgn, mgn, randn(3, 6, 5, 4))
-    compare(tln, mln, randn(3, 6, 5, 4))
+    compare_modules(tgn, mgn, randn(3, 6, 5, 4))
+    compare_modules(tln, mln, randn(3, 6, 5, 4))
 
 
 def test_embedding():
     idx = np.array([[0, 3, 3], [9, 1, 0]])
-    compare(torch.nn.Embedding(10, 4).double(), nn.Embedding(10, 4), idx)
+    compare_modules(torch.nn.Embedding(10, 4).double(), nn.Embedding(10, 4), idx)
 
 
 def test_small_sequential():
@@ -133,7 +133,7 @@ def test_small_sequential():
         return lib.Sequential(lib.Conv2d(1, 4, 3, stride=2, padding=1), lib.BatchNorm2d(4), lib.LeakyReLU(0.2),
                               lib.Flatten(), lib.Linear(4 * 4 * 4, 8), lib.SiLU(), lib.Linear(8, 3), lib.Tanh())
     tmod = build(torch.nn).double()
-    compare(tmod, build(nn), randn(5, 1, 8, 8))
+    compare_modules(tmod, build(nn), randn(5, 1, 8, 8))
 
 
 def test_dcgan_generator_state_dict_keys_and_shapes_match():
@@ -252,7 +252,7 @@ def test_cosine_warmup_matches_torch_lambda_lr():
 ])
 def test_norm_variants_without_affine_or_running_stats(make):
     tmod, mmod = make(torch.nn).double(), make(nn)
-    compare(tmod, mmod, randn(2, 6, 3, 4))
+    compare_modules(tmod, mmod, randn(2, 6, 3, 4))
     tmod.eval()
     mmod.eval()
-    compare(tmod, mmod, randn(2, 6, 3, 4, seed=5))
+    compare_modules(tmod, mmod, randn(2, 6, 3, 4, seed=5))

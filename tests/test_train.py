@@ -36,7 +36,7 @@ def test_run_writes_its_files(tmp_path):
 def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     full = train("autoencoder", dict(TINY), out_dir=str(tmp_path / "full"), progress=False, verbose=False)
 
-    from minigen.models.autoencoder import AutoencoderRecipe
+    from minigen.families.autoencoder import AutoencoderRecipe
     real_step = AutoencoderRecipe.train_step
     calls = {"n": 0}
 
@@ -66,15 +66,26 @@ def test_resume_with_more_steps_extends_the_run_and_records_it(tmp_path):
     assert load_tree(os.path.join(run, "checkpoint.npz"))["step"] == 8
     with open(os.path.join(run, "config.json")) as f:
         assert json.load(f)["config"]["steps"] == 8   # a later eval/resume sees the run's real length
-    with pytest.raises(TrainingError, match="only steps may change"):
-        train(None, {"lr": 0.5}, resume=run, progress=False, verbose=False)
+    with pytest.raises(TrainingError, match="only steps, max_minutes, .* may change .got latent_dim"):
+        train(None, {"latent_dim": 5}, resume=run, progress=False, verbose=False)
+    with pytest.raises(TrainingError, match="--steps 3 is below the checkpoint's step 8"):
+        train(None, {"steps": 3}, resume=run, progress=False, verbose=False)
 
 
-def test_exception_inside_a_step_rewinds_the_streams(tmp_path, monkeypatch):
-    # A KeyboardInterrupt raised inside a step (not via the signal) leaves that step uncounted:
-    # the checkpoint holds step 3 with the random streams as they were before step 4.
+def test_resume_may_lower_the_learning_rate(tmp_path):
+    run = train("autoencoder", dict(TINY), out_dir=str(tmp_path / "run"), progress=False, verbose=False)
+    train(None, {"steps": 7, "lr": 1e-4}, resume=run, progress=False, verbose=False)
+    state = load_tree(os.path.join(run, "checkpoint.npz"))
+    assert state["recipe"]["optimizers"]["model"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    with open(os.path.join(run, "config.json")) as f:
+        assert json.load(f)["config"]["lr"] == 1e-4
+
+
+def test_interrupt_inside_a_step_saves_nothing_and_resume_repeats_exactly(tmp_path, monkeypatch):
+    # A KeyboardInterrupt raised inside a step (a second Ctrl-C) may leave weights or moments half
+    # updated: nothing is saved, the checkpoint of step 2 stands, and a resume redoes steps 3-4.
     full = train("autoencoder", dict(TINY), out_dir=str(tmp_path / "full"), progress=False, verbose=False)
-    from minigen.models.autoencoder import AutoencoderRecipe
+    from minigen.families.autoencoder import AutoencoderRecipe
     real_step = AutoencoderRecipe.train_step
     calls = {"n": 0}
 
@@ -88,13 +99,13 @@ def test_exception_inside_a_step_rewinds_the_streams(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train("autoencoder", dict(TINY), out_dir=str(tmp_path / "cut"), progress=False, verbose=False)
     monkeypatch.setattr(AutoencoderRecipe, "train_step", real_step)
-    assert load_tree(os.path.join(tmp_path / "cut", "checkpoint.npz"))["step"] == 3
+    assert load_tree(os.path.join(tmp_path / "cut", "checkpoint.npz"))["step"] == 2
     train(None, resume=str(tmp_path / "cut"), progress=False, verbose=False)
     np.testing.assert_array_equal([l for _, l in _losses(full)], [l for _, l in _losses(str(tmp_path / "cut"))])
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    from minigen.models.autoencoder import AutoencoderRecipe
+    from minigen.families.autoencoder import AutoencoderRecipe
     real_step = AutoencoderRecipe.train_step
     calls = {"n": 0}
 
@@ -156,7 +167,7 @@ def test_cli_unreadable_checkpoint(capsys, tmp_path):
     with open(os.path.join(run, "checkpoint.npz"), "wb") as f:
         f.write(b"garbage")
     code, _, err = _cli(capsys, "sample", run)
-    assert code == 2 and "checkpoint.npz: not a readable checkpoint" in err
+    assert code == 2 and "checkpoint.npz: not a readable minigen checkpoint" in err and "allow_pickle" not in err
 
 
 def test_cli_train_list_and_sample(capsys, tmp_path):
@@ -181,4 +192,52 @@ def test_cli_eval_set_overrides_for_one_evaluation(capsys, tmp_path):
     code, _, err = _cli(capsys, "eval", run, "--set", "eval_samples=many")
     assert code == 2 and "expected a int" in err
     code, _, err = _cli(capsys, "eval", run, "--set", "hidden=32")    # another network: refused, one line
-    assert code == 2 and "does not fit this config" in err and "Traceback" not in err
+    assert code == 2 and "does not fit the run's config (an override changed the network?)" in err and "Traceback" not in err
+
+
+def test_time_budget_stops_the_run_and_it_resumes_exactly(tmp_path):
+    full = train("autoencoder", dict(TINY), out_dir=str(tmp_path / "full"), progress=False, verbose=False)
+    # a budget far below one step: the run stops after its first step, checkpointed, as at a normal end
+    cut = train("autoencoder", {**TINY, "max_minutes": 1e-9, "budget_clock": "cpu"}, out_dir=str(tmp_path / "cut"),
+                progress=False, verbose=False)
+    assert load_tree(os.path.join(cut, "checkpoint.npz"))["step"] == 1
+    assert os.path.getsize(os.path.join(cut, "samples.png")) > 0
+    rows = [json.loads(line) for line in open(os.path.join(cut, "metrics.jsonl"))]
+    assert rows[-1]["step"] == 1 and rows[-1]["train_cpu_seconds"] > 0 and rows[-1]["train_seconds"] > 0
+    train(None, {"max_minutes": 0.0}, resume=cut, progress=False, verbose=False)   # lift the budget
+    np.testing.assert_array_equal([l for _, l in _losses(full)], [l for _, l in _losses(cut)])
+    with pytest.raises(TrainingError, match="budget_clock must be wall or cpu"):
+        train("autoencoder", {**TINY, "budget_clock": "gpu"}, out_dir=str(tmp_path / "bad"), progress=False,
+              verbose=False)
+
+
+def test_train_takes_a_recipe_class_and_resume_keeps_the_family(tmp_path):
+    from minigen.families.autoencoder import AutoencoderRecipe
+
+    run = train(AutoencoderRecipe, {**TINY, "steps": 2}, out_dir=str(tmp_path / "run"), progress=False, verbose=False)
+    with open(os.path.join(run, "config.json")) as f:
+        assert json.load(f)["family"] == "autoencoder"
+    with pytest.raises(TrainingError, match="is a 'autoencoder' run; it cannot be resumed as 'vae'"):
+        train("vae", resume=run, progress=False, verbose=False)
+    with pytest.raises(TrainingError, match="did you mean 'autoencoder'"):
+        train("autoencodr", {}, out_dir=str(tmp_path / "x"), progress=False, verbose=False)
+
+
+def test_sigterm_saves_like_ctrl_c(tmp_path, monkeypatch):
+    from minigen.families.autoencoder import AutoencoderRecipe
+
+    real_step = AutoencoderRecipe.train_step
+    calls = {"n": 0}
+
+    def terminated_step(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 3:  # what `timeout`, job schedulers and container runtimes send
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, x, y)
+
+    handler_before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(AutoencoderRecipe, "train_step", terminated_step)
+    with pytest.raises(KeyboardInterrupt):
+        train("autoencoder", dict(TINY), out_dir=str(tmp_path / "cut"), progress=False, verbose=False)
+    assert load_tree(os.path.join(tmp_path / "cut", "checkpoint.npz"))["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) == handler_before        # the loop gave the signal back

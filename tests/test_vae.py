@@ -24,20 +24,18 @@ import minigen as mg
 from minigen import backend, nn
 from minigen.distributions import Normal
 from minigen.evaluate import evaluate_run
-from minigen.models.vae import (VAE, VAEConfig, build_vae, importance_weighted_bound, latent_manifold, one_hot,
-                                reparameterize)
+from minigen.functional import one_hot
+from minigen.models.vae import VAE, VAEConfig, build_vae, importance_weighted_bound, latent_manifold, reparameterize
 from minigen.testing import gradcheck
 from minigen.train import TrainingError, families, make_config, train
+
+from helpers import tensor
 
 D, LATENT = 3, 2
 
 
 def np_(x):
     return backend.to_numpy(x.data if isinstance(x, mg.Tensor) else x)
-
-
-def t(a, device="cpu"):
-    return mg.Tensor(backend.to_device(np.asarray(a, dtype=np.float64), device))
 
 
 # ----------------------------------------------------------------------------
@@ -88,7 +86,7 @@ def linear_gaussian(device, shift=0.0, widen=0.0, seed=0):
     post_mean = x @ A.T + c
     q_mean, q_var = post_mean + shift, post_var * np.exp(widen)
     kl_to_post = 0.5 * (np.log(post_var / q_var) + (q_var + (q_mean - post_mean) ** 2) / post_var - 1).sum(-1)
-    return model, t(x, device), log_px, kl_to_post
+    return model, tensor(x, device), log_px, kl_to_post
 
 
 def test_elbo_equals_log_px_when_q_is_the_true_posterior(device):
@@ -156,7 +154,7 @@ def test_gradients_of_elbo_and_iwae_bound_through_the_reparameterization():
 
 
 def test_reparameterize_is_the_notes_formula(device):
-    mean, logvar = t([[0.5, -1.0]], device), t([[0.2, -3.0]], device)
+    mean, logvar = tensor([[0.5, -1.0]], device), tensor([[0.2, -3.0]], device)
     z = np_(reparameterize(mean, logvar, mg.Generator(11, device)))
     eps = backend.to_numpy(mg.Generator(11, device).normal((1, 2), dtype=np.float64))
     np.testing.assert_allclose(z, np_(mean) + np.exp(0.5 * np_(logvar)) * eps, rtol=1e-14)

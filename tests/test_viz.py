@@ -26,8 +26,9 @@ def _images(n, seed=0, c=1, size=28):
     return np.random.default_rng(seed).random((n, c, size, size)).astype(np.float32)
 
 
-def _check(fig, path, title):
-    """The PNG exists and is non-empty; the figure has the title and every data axes has labels."""
+def _check(fig, path, title, image_grid=False):
+    """The PNG exists and is non-empty; the figure has the title and every data axes has labels
+    (an image grid: no x label, and a y label only where its rows are labelled)."""
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE and len(data) > 1000
     titles = [ax.get_title() for ax in fig.axes] + [fig.get_suptitle()]
@@ -35,7 +36,11 @@ def _check(fig, path, title):
     main_axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
     assert main_axes
     for ax in main_axes:
-        assert ax.get_xlabel() and ax.get_ylabel(), f"axes {ax.get_title()!r} lacks an axis label"
+        if image_grid:
+            assert not ax.get_xlabel(), "an image grid's columns mean nothing: no x label"
+            assert bool(ax.get_ylabel()) == bool([t for t in ax.get_yticklabels() if t.get_text()])
+        else:
+            assert ax.get_xlabel() and ax.get_ylabel(), f"axes {ax.get_title()!r} lacks an axis label"
 
 
 def test_make_grid_layout_and_value_range():
@@ -51,7 +56,7 @@ def test_make_grid_layout_and_value_range():
 def test_image_grid_with_one_row_per_class(tmp_path):
     path = tmp_path / "sub" / "grid.png"
     fig = viz.save_image_grid(_images(30), path, nrow=10, title="samples by class", row_labels=["a", "b", "c"])
-    _check(fig, path, "samples by class")
+    _check(fig, path, "samples by class", image_grid=True)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
     assert ax.get_ylabel() == "class"
@@ -62,7 +67,8 @@ def test_image_grid_with_one_row_per_class(tmp_path):
 def test_image_grid_takes_tensors_and_nhw(tmp_path):
     path = tmp_path / "grid.png"
     fig = viz.save_image_grid(mg.tensor(_images(7)[:, 0]), path, nrow=4, title="t")
-    _check(fig, path, "t")
+    _check(fig, path, "t", image_grid=True)
+    assert not fig.axes[0].get_ylabel()          # unlabelled rows: no "row" / "sample" axis words
 
 
 def test_curves_from_rows_and_from_metrics_jsonl(tmp_path):
@@ -86,9 +92,12 @@ def test_curves_refuse_empty_or_broken_logs(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         viz.plot_curves([], tmp_path / "x.png")
     broken = tmp_path / "metrics.jsonl"
-    broken.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo\n')
+    broken.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo\n{"step": 3, "loss": 0.5}\n')
     with pytest.raises(ValueError, match="line 2 is not JSON"):
         viz.plot_curves(broken, tmp_path / "x.png")
+    cut = tmp_path / "cut.jsonl"     # a last line cut short by a crash: the rows before it are plotted
+    cut.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.7}\n{"step": 3, "lo')
+    assert [r["step"] for r in viz.read_metrics(cut)] == [1, 2]
 
 
 def test_density_contours_with_samples(tmp_path):

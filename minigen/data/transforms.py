@@ -17,8 +17,8 @@ import numpy as np
 
 from .. import backend
 
-__all__ = ["random_shift", "random_hflip", "to_unit_range", "to_symmetric_range", "from_symmetric_range", "binarize_dynamic",
-           "binarize_static", "pad_to", "dequantize", "quantize"]
+__all__ = ["random_shift", "random_hflip", "to_unit_range", "to_symmetric_range", "from_symmetric_range",
+           "binarize_dynamic", "binarize_static", "pad_to", "dequantize", "quantize"]
 
 
 def _float_dtype(x):

@@ -8,7 +8,7 @@ of its kind:
     math.py       elementwise arithmetic and functions, activations, reductions,
                   logsumexp / softmax, clip / where / maximum / minimum, dropout
     shape.py      reshape, transpose / permute, getitem, concat / stack / split,
-                  pad, broadcast_to / sum_to, embedding
+                  pad, broadcast_to / sum_to, embedding, one_hot
     linalg.py     matmul, linear
     conv.py       im2col, conv2d, conv_transpose2d, pooling, interpolate
     norm.py       batch_norm, group_norm, layer_norm

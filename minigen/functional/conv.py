@@ -13,7 +13,7 @@ with Wm the weight laid out as (K, F).  No copying loop is needed to build
 cols: a strided *view* of the zero-padded input (``as_strided``) already has
 shape (N, OH, OW, kh, kw, C), and reshaping it to (P, K) is a single copy.
 
-Layout choices (they decide the speed; measured on benchmark workload W4):
+Layout choices (they decide the speed):
 * The padded input is stored channels-last (N, Hp, Wp, C), so in the window
   view the innermost run (kw taps x C channels) is contiguous memory.
 * The product gives channels-last rows (P, F); one transpose makes NCHW.
@@ -47,15 +47,12 @@ import math
 
 import numpy as np
 
-from ..autograd import Function, Tensor, is_grad_enabled
+from ..autograd import Function, Tensor, check_floating, is_grad_enabled
 from .. import backend
+from ..backend import xp_of
 from .shape import GetItemGrad, reshape
 
 __all__ = ["conv2d", "conv_transpose2d", "avg_pool2d", "max_pool2d", "interpolate"]
-
-
-def _xp(a):
-    return backend.xp_of(a)
 
 
 # ----------------------------------------------------------------------------
@@ -116,7 +113,7 @@ def _im2col(x, kh, kw, geo, out_hw):
     Built as a strided view (N, OH, OW, G, kh, kw, Cg) of the channels-last,
     zero-padded input, then copied once into a contiguous array.
     """
-    xp = _xp(x)
+    xp = xp_of(x)
     N, C, H, W = x.shape
     (sh, sw), (ph, pw), (dh, dw), G = geo.stride, geo.padding, geo.dilation, geo.groups
     OH, OW = out_hw
@@ -136,7 +133,7 @@ def _col2im(cols, x_shape, kh, kw, geo, out_hw):
     cols (kh*kw, G, P, Cg) holds, for each kernel tap (i, j), the gradient of
     the input pixels that tap read.  Returns an array of ``x_shape`` (NCHW).
     """
-    xp = _xp(cols)
+    xp = xp_of(cols)
     N, C, H, W = x_shape
     (sh, sw), (ph, pw), (dh, dw), G = geo.stride, geo.padding, geo.dilation, geo.groups
     OH, OW = out_hw
@@ -158,7 +155,7 @@ def _weight_as_columns(w, G):
 
 def _grad_as_rows(gy, G):
     """(N, F, OH, OW) -> (G, P, Fg): one row of output gradients per output pixel."""
-    xp = _xp(gy)
+    xp = xp_of(gy)
     N, F, OH, OW = gy.shape
     rows = xp.ascontiguousarray(gy.reshape(N, G, F // G, OH, OW).transpose(1, 0, 3, 4, 2))
     return rows.reshape(G, N * OH * OW, F // G)
@@ -166,7 +163,7 @@ def _grad_as_rows(gy, G):
 
 def _conv_forward(x, w, b, geo, out_hw):
     """y = cols @ Wm (+ b), returned NCHW with spatial size ``out_hw``, and the cols."""
-    xp = _xp(x)
+    xp = xp_of(x)
     N = x.shape[0]
     F, _, kh, kw = w.shape
     G = geo.groups
@@ -184,7 +181,7 @@ def _conv_input_grad(gy, w, geo, x_shape, rows=None):
 
     ``rows`` is _grad_as_rows(gy) when the caller has it already.
     """
-    xp = _xp(gy)
+    xp = xp_of(gy)
     F, Cg, kh, kw = w.shape
     G = geo.groups
     taps = w.reshape(G, F // G, Cg, kh, kw).transpose(3, 4, 0, 1, 2).reshape(kh * kw, G, F // G, Cg)
@@ -199,7 +196,7 @@ def _conv_weight_grad(x, gy, geo, w_shape, cols=None, rows=None):
 
     ``cols`` (im2col of x) and ``rows`` (gy as rows) are used when the caller has them.
     """
-    xp = _xp(x)
+    xp = xp_of(x)
     F, Cg, kh, kw = w_shape
     G = geo.groups
     cols = _im2col(x, kh, kw, geo, gy.shape[2:]) if cols is None else cols  # (P, G, K)
@@ -321,6 +318,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     op = "conv2d"
     _check_4d(op, "input", x)
     _check_4d(op, "weight", weight)
+    check_floating(op, input=x, weight=weight, bias=bias)
     stride, padding, dilation = (_pair(stride, "stride", op), _pair(padding, "padding", op),
                                  _pair(dilation, "dilation", op))
     _check_geometry(op, stride, padding, dilation, groups)
@@ -358,6 +356,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     op = "conv_transpose2d"
     _check_4d(op, "input", x)
     _check_4d(op, "weight", weight)
+    check_floating(op, input=x, weight=weight, bias=bias)
     stride, padding, dilation = (_pair(stride, "stride", op), _pair(padding, "padding", op),
                                  _pair(dilation, "dilation", op))
     output_padding = _pair(output_padding, "output_padding", op)
@@ -409,7 +408,7 @@ def _pool_args(op, x, kernel_size, stride, padding):
 
 def _windows(x, kernel, stride, padding, out_hw, fill):
     """Strided view (N, C, OH, OW, kh, kw) of x padded with ``fill``."""
-    xp = _xp(x)
+    xp = xp_of(x)
     N, C, H, W = x.shape
     (ph, pw), (sh, sw) = padding, stride
     if ph or pw:
@@ -452,7 +451,7 @@ class AvgPool2dAdjoint(Function):
         self.args, self.x_shape = args, tuple(x_shape)
 
     def forward(self, gy):
-        xp = _xp(gy)
+        xp = xp_of(gy)
         (kh, kw), (sh, sw), (ph, pw), (OH, OW) = self.args
         N, C, H, W = self.x_shape
         share = gy * (1.0 / (kh * kw))
@@ -488,7 +487,7 @@ class MaxPool2d(Function):
         self.args = (kernel, stride, padding, out_hw)
 
     def forward(self, x):
-        xp = _xp(x)
+        xp = xp_of(x)
         (kh, kw), (sh, sw), (ph, pw), (OH, OW) = self.args
         N, C, H, W = x.shape
         win = _windows(x, *self.args, fill=-np.inf).reshape(N, C, OH, OW, kh * kw)
@@ -571,7 +570,7 @@ def _bilinear_axis(n_in, n_out, scale, align_corners):
 
 def _apply_axis(x, plan, axis, adjoint):
     """Resample x (N, C, H, W) along ``axis`` (2 or 3) by ``plan``, or apply its adjoint."""
-    xp = _xp(x)
+    xp = xp_of(x)
     kind, val = plan
     if kind == "repeat":
         if val == 1:
@@ -588,7 +587,7 @@ def _apply_axis(x, plan, axis, adjoint):
 
 
 def _resample(x, plans, adjoint):
-    xp = _xp(x)
+    xp = xp_of(x)
     (kh, vh), (kw, vw) = plans
     if kh == kw == "repeat":  # nearest by integer factors: one broadcast copy / one block sum
         N, C, H, W = x.shape

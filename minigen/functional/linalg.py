@@ -9,7 +9,9 @@ have to sum: same numbers, one BLAS call.
 from __future__ import annotations
 
 from .. import backend
-from ..autograd import Function
+import numpy as np
+
+from ..autograd import Function, Tensor, check_floating
 from .shape import reshape, transpose
 
 __all__ = ["matmul", "linear"]
@@ -34,6 +36,12 @@ class MatMul(Function):
         if ka != kb:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match "
                              f"(inner dimensions {ka} and {kb})")
+        if a.ndim > 2 or b.ndim > 2:
+            try:
+                np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            except ValueError:
+                raise ValueError(f"matmul: the batch dimensions of shapes {a.shape} and {b.shape} "
+                                 f"({a.shape[:-2]} and {b.shape[:-2]}) do not broadcast") from None
         if b.ndim > 2 and b.strides[-2] == b.itemsize:
             # a transposed view as right operand makes batched BLAS slow: copy it once
             b = backend.xp_of(b).ascontiguousarray(b)
@@ -69,6 +77,9 @@ class MatMul(Function):
 
 
 def matmul(a, b):
+    """a @ b; a float operand with an integer or bool one is refused (no silent float64)."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and (a.dtype.kind == "f") != (b.dtype.kind == "f"):
+        check_floating("matmul", a=a, b=b)
     return MatMul()(a, b)
 
 
@@ -80,6 +91,9 @@ class Linear(Function):
     """
 
     def forward(self, x, W, b=None):
+        if W.ndim != 2 or x.ndim == 0:
+            raise ValueError(f"linear: expected a 2-D weight (out_features, in_features) and an input with "
+                             f"at least one dimension, got weight shape {W.shape} and input shape {x.shape}")
         if x.shape[-1] != W.shape[1]:
             raise ValueError(f"linear: input has {x.shape[-1]} features (shape {x.shape}) but the "
                              f"weight expects {W.shape[1]} (weight shape {W.shape})")
@@ -107,6 +121,7 @@ class Linear(Function):
 
 def linear(x, weight, bias=None):
     """``x @ weight.T + bias``; weight is (out_features, in_features) as in PyTorch."""
+    check_floating("linear", input=x, weight=weight, bias=bias)
     if bias is None:
         return Linear()(x, weight)
     return Linear()(x, weight, bias)

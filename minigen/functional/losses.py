@@ -25,6 +25,7 @@ import numpy as np
 
 from ..autograd import Function, Tensor, is_grad_enabled
 from .. import backend
+from ..backend import xp_of
 from . import math as _m
 from .shape import getitem, reshape
 
@@ -35,10 +36,6 @@ __all__ = [
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
-
-
-def _xp(a):
-    return backend.xp_of(a)
 
 
 # ----------------------------------------------------------------------------
@@ -125,7 +122,7 @@ def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"
     target = _as_float(target, input)
     _same_shape(input, target, name)
     if isinstance(var, (int, float, np.number)):
-        var = Tensor(_xp(input.data).full(input.shape, var, dtype=input.dtype))
+        var = Tensor(xp_of(input.data).full(input.shape, var, dtype=input.dtype))
     var = _as_float(var, input)
     if bool((var.data < 0).any()):
         raise ValueError(f"{name}: var has negative entries")
@@ -139,7 +136,7 @@ def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"
                                  f"{input.shape} nor it with one dim of size 1 or the last dim dropped")
     v = var.data
     # adding the constant (max(v, eps) - v) clamps the value but leaves d/dvar untouched
-    var = var + Tensor(_xp(v).maximum(v, eps) - v)
+    var = var + Tensor(xp_of(v).maximum(v, eps) - v)
     d = input - target
     loss = 0.5 * (_m.log(var) + d * d / var)
     if full:
@@ -163,7 +160,7 @@ class BinaryCrossEntropyWithLogits(Function):
     """
 
     def forward(self, x, t, p=None):
-        xp = _xp(x)
+        xp = xp_of(x)
         e = xp.abs(x)
         xp.negative(e, out=e)
         xp.exp(e, out=e)  # e^-|x| lies in (0, 1]: exp cannot overflow, whatever the sign of x
@@ -180,7 +177,7 @@ class BinaryCrossEntropyWithLogits(Function):
     def _sigmoid(self):
         """sigma(x) from the saved e = e^-|x|:  1 / (1 + e) for x >= 0,  e / (1 + e) below."""
         x, e = self.inputs[0].data, self.e
-        return _xp(e).where(x >= 0, 1, e) / (1 + e)
+        return xp_of(e).where(x >= 0, 1, e) / (1 + e)
 
     def backward(self, gy):
         x, t = self.inputs[0], self.inputs[1]
@@ -244,7 +241,7 @@ class BinaryCrossEntropy(Function):
     """
 
     def forward(self, p, t):
-        xp = _xp(p)
+        xp = xp_of(p)
         with np.errstate(divide="ignore"):  # log(0) = -inf, clamped on the next line
             log_p = xp.maximum(xp.log(p), _LOG_FLOOR)
             log_1mp = xp.maximum(xp.log1p(-p), _LOG_FLOOR)
@@ -330,7 +327,7 @@ def _pick(logp, t):
     """
     if logp.ndim == 1:
         return getitem(logp, t)
-    xp = _xp(t)
+    xp = xp_of(t)
     index = [xp.arange(n).reshape([n if a == axis else 1 for a in range(t.ndim)])
              for axis, n in enumerate(t.shape)]  # an index grid over every position
     index.insert(1, t)  # ... and the target class in the class slot
@@ -341,10 +338,10 @@ def _nll(logp, t, w, reduction):
     """-w[t] logp[t] per position, reduced; 'mean' divides by the sum of w[t] (PyTorch's rule)."""
     if w is None:
         return _reduce(-_pick(logp, t), reduction)
-    w_t = _xp(w).asarray(w[t])  # (asarray: a 0-d t picks a NumPy scalar)
+    w_t = xp_of(w).asarray(w[t])  # (asarray: a 0-d t picks a NumPy scalar)
     loss = -(_pick(logp, t) * Tensor(w_t))
     if reduction == "mean":
-        return _m.sum(loss) / Tensor(_xp(w_t).asarray(w_t.sum()))
+        return _m.sum(loss) / Tensor(xp_of(w_t).asarray(w_t.sum()))
     return _reduce(loss, reduction)
 
 
@@ -401,7 +398,7 @@ def cross_entropy(input, target, weight=None, reduction="mean", label_smoothing=
     # the uniform part of q': -sum_c w_c log p_c per position, reduced like the nll part
     smooth = -_m.sum(logp if w_b is None else logp * w_b, cdim)
     if reduction == "mean":
-        smooth = _m.sum(smooth) / (Tensor(_xp(w).asarray(w[t].sum())) if w is not None else float(t.size))
+        smooth = _m.sum(smooth) / (Tensor(xp_of(w).asarray(w[t].sum())) if w is not None else float(t.size))
     else:
         smooth = _reduce(smooth, reduction)
     return (1.0 - label_smoothing) * loss + (label_smoothing / C) * smooth

@@ -6,7 +6,7 @@ backward here returns gradients in the *output's* shape and never sums itself.
 Backwards skip work for inputs that do not require grad
 (``self.inputs[i].requires_grad``).
 
-In order: arithmetic (add ... pow); elementwise functions (exp, log, sqrt, abs,
+In order: arithmetic (add ... pow); elementwise functions (exp, expm1, log, sqrt, abs,
 tanh, sigmoid, erf); activations (relu, leaky_relu, silu, gelu, softplus,
 log_sigmoid); selection (where, clip/clamp, maximum, minimum); reductions (sum,
 mean, var, max, min, logsumexp); softmax and log_softmax; dropout.
@@ -17,9 +17,11 @@ Three habits run through the file:
 * Piecewise-linear ops (relu, leaky_relu, abs, clip, maximum, max ...) multiply
   gy by a constant 0/1 mask in the input's dtype: their second derivative is 0
   w.r.t. x and the backward stays linear (differentiable) in gy.
-* Smooth activations used in hot loops (silu, gelu) compute their slope with
-  fused in-place array code in a plain backward, and with minigen ops when the
-  backward is being recorded (``create_graph=True``), so it can be differentiated.
+* Smooth activations used in hot loops (silu, gelu): the backward reads as the
+  formula, in minigen ops, which is what runs when the backward is recorded
+  (``create_graph=True``) so it can be differentiated again.  A plain backward
+  computes the same slope on arrays in one named helper below the class
+  (``_silu_slope_fused``, ``_gelu_slope_fused``); a test holds the two equal.
   Forward code uses in-place ufuncs on fresh temporaries and Python-number
   constants, so float32 stays float32 and no pass is wasted.
 """
@@ -32,9 +34,10 @@ import numpy as np
 
 from ..autograd import Function, Tensor, is_grad_enabled
 from .. import backend
+from ..backend import xp_of
 
 __all__ = [
-    "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt",
+    "add", "sub", "mul", "div", "neg", "pow", "exp", "expm1", "log", "sqrt",
     "abs", "tanh", "sigmoid", "erf",
     "relu", "leaky_relu", "silu", "gelu", "softplus", "log_sigmoid", "logsigmoid",
     "where", "clip", "clamp", "maximum", "minimum",
@@ -50,14 +53,10 @@ _GELU_K = math.sqrt(2.0 / math.pi)    # the tanh approximation of GELU:
 _GELU_C = 0.044715                    # Phi(x) ~ (1 + tanh(K (x + C x^3))) / 2
 
 
-def _xp(a):
-    return backend.xp_of(a)
-
-
 def _array(a):
     """``a`` as an array.  NumPy hands 0-d results back as scalars, which in-place
     code (``out=``) and ``Tensor`` cannot take; arrays pass through uncopied."""
-    return _xp(a).asarray(a)
+    return xp_of(a).asarray(a)
 
 
 def _const(a):
@@ -208,17 +207,27 @@ class Exp(Function):
     """y = e^x;  dx = gy * y."""
 
     def forward(self, x):
-        return _xp(x).exp(x)
+        return xp_of(x).exp(x)
 
     def backward(self, gy):
         return gy * self.output()
+
+
+class Expm1(Function):
+    """y = e^x - 1, accurate for small x (e^x - 1 would cancel to 0 below x ~ 1e-8);  dx = gy * (y + 1)."""
+
+    def forward(self, x):
+        return xp_of(x).expm1(x)
+
+    def backward(self, gy):
+        return gy * (self.output() + 1.0)
 
 
 class Log(Function):
     """y = log x;  dx = gy / x."""
 
     def forward(self, x):
-        return _xp(x).log(x)
+        return xp_of(x).log(x)
 
     def backward(self, gy):
         return gy / self.inputs[0]
@@ -228,7 +237,7 @@ class Sqrt(Function):
     """y = sqrt(x);  dx = gy / (2 y)."""
 
     def forward(self, x):
-        return _xp(x).sqrt(x)
+        return xp_of(x).sqrt(x)
 
     def backward(self, gy):
         return gy / (self.output() * 2.0)
@@ -238,18 +247,18 @@ class Abs(Function):
     """y = |x|;  dx = gy * sign(x)  (0 at x = 0, as in PyTorch)."""
 
     def forward(self, x):
-        return _xp(x).abs(x)
+        return xp_of(x).abs(x)
 
     def backward(self, gy):
         # sign(x) is a constant: the second derivative of |x| is 0 away from the kink.
-        return gy * _const(_xp(gy.data).sign(self.inputs[0].data))
+        return gy * _const(xp_of(gy.data).sign(self.inputs[0].data))
 
 
 class Tanh(Function):
     """y = tanh x;  dx = gy * (1 - y^2)."""
 
     def forward(self, x):
-        return _xp(x).tanh(x)
+        return xp_of(x).tanh(x)
 
     def backward(self, gy):
         y = self.output()
@@ -263,7 +272,7 @@ def _exp_cap(dtype):
 
 def _sigmoid_array(x):
     """sigma(x) = 1 / (1 + e^-x) on a raw array, accurate in both tails, no overflow."""
-    xp = _xp(x)
+    xp = xp_of(x)
     # Clamping x at -c (e^c the largest finite power) keeps e^-x finite: no overflow.  Below
     # -c sigma(x) is under the smallest normal number, so the clamp changes only denormals.
     # Neither tail cancels (1 + tiny, 1 + big), so both keep full relative precision.
@@ -308,6 +317,10 @@ def exp(x):
     return Exp()(x)
 
 
+def expm1(x):
+    return Expm1()(x)
+
+
 def log(x):
     return Log()(x)
 
@@ -344,8 +357,8 @@ class ReLU(Function):
     """
 
     def forward(self, x):
-        xp = _xp(x)
-        # clip with both bounds takes NumPy's vectorised loop; maximum(x, 0) is ~3x slower.
+        xp = xp_of(x)
+        # clip with both bounds takes NumPy's vectorised loop, which maximum(x, 0) does not.
         return xp.clip(x, 0, xp.inf)
 
     def backward(self, gy):
@@ -369,7 +382,7 @@ class LeakyReLU(Function):
         self.slope = float(negative_slope)
 
     def forward(self, x):
-        xp = _xp(x)
+        xp = xp_of(x)
         y = _array(x * self.slope)
         if 0.0 < self.slope <= 1.0:
             return xp.maximum(x, y, out=y)  # a x <= x exactly when x >= 0: no mask needed
@@ -396,20 +409,25 @@ class SiLU(Function):
     """
 
     def forward(self, x):
-        self.s = _sigmoid_array(x)
+        self.s = _sigmoid_array(x)  # sigma(x), kept for the backward
         return x * self.s
 
     def backward(self, gy):
         x = self.inputs[0]
-        if is_grad_enabled():  # create_graph=True: build the slope from ops, so it differentiates
+        if is_grad_enabled():  # recorded (create_graph=True): the formula in ops, so it differentiates again
             s = sigmoid(x)
             return gy * (s * (1.0 + x * (1.0 - s)))
-        xp = _xp(gy.data)
-        slope = xp.subtract(1, self.s)  # plain backward: the same formula, fused in place
-        slope *= x.data
-        slope += 1
-        slope *= self.s
-        return gy * _const(slope)
+        return gy * _const(_silu_slope_fused(x.data, self.s))  # plain backward: the same slope on arrays
+
+
+def _silu_slope_fused(x, s):
+    """sigma(x) (1 + x (1 - sigma(x))) on arrays, from the forward's s = sigma(x)."""
+    # buys: reuses the forward's sigmoid and fills one array in place (several times faster than the ops)
+    slope = xp_of(x).subtract(1, s)
+    slope *= x
+    slope += 1
+    slope *= s
+    return slope
 
 
 def silu(x):
@@ -422,7 +440,8 @@ class GELU(Function):
     The MLP activation of transformer blocks (ViT / DiT, notes §5.6).
 
     approximate='none':  Phi(x) = (1 + erf(x / sqrt 2)) / 2,  dy/dx = Phi(x) + x phi(x)
-    approximate='tanh':  Phi(x) ~ (1 + tanh(K (x + C x^3))) / 2,  K = sqrt(2/pi), C = 0.044715
+    approximate='tanh':  Phi(x) ~ (1 + tanh(u)) / 2,  u = K (x + C x^3),  K = sqrt(2/pi), C = 0.044715,
+                         dy/dx = (1 + tanh u) / 2 + x (1 - tanh^2 u) u' / 2,  u' = K (1 + 3 C x^2)
     Shapes: any -> same.
     """
 
@@ -432,60 +451,66 @@ class GELU(Function):
         self.approximate = approximate
 
     def forward(self, x):
-        xp = _xp(x)
+        xp = xp_of(x)
         if self.approximate == "tanh":
             u = _array(x * x)
             u *= _GELU_C
             u += 1
             u *= x
             u *= _GELU_K
-            self.t = xp.tanh(u, out=u)  # tanh(K (x + C x^3)), kept for the backward
-            y = self.t + 1
+            self.saved = xp.tanh(u, out=u)  # tanh(K (x + C x^3)), kept for the backward
+            y = self.saved + 1
             y *= 0.5
             y *= x
             return y
         cdf = _erf_array(x * _SQRT_HALF)
         cdf += 1
         cdf *= 0.5
-        self.cdf = cdf  # Phi(x), kept for the backward
+        self.saved = cdf  # Phi(x), kept for the backward
         return x * cdf
 
     def backward(self, gy):
         x = self.inputs[0]
-        if is_grad_enabled():  # create_graph=True: the slope as ops, so it differentiates
-            return gy * self._slope_from_ops(x)
-        return gy * _const(self._slope_array(x.data))
+        if is_grad_enabled():  # recorded (create_graph=True): the formula in ops, so it differentiates again
+            if self.approximate == "tanh":
+                t = tanh((x + x * x * x * _GELU_C) * _GELU_K)
+                slope = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * (_GELU_K * (1.0 + 3 * _GELU_C * x * x))
+            else:
+                cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))      # Phi(x)
+                pdf = exp(-0.5 * x * x) * _INV_SQRT_2PI       # phi(x)
+                slope = cdf + x * pdf
+            return gy * slope
+        # plain backward: the same slope on arrays
+        return gy * _const(_gelu_slope_fused(x.data, self.approximate, self.saved))
 
-    def _slope_from_ops(self, x):
-        if self.approximate == "tanh":
-            t = tanh((x + x * x * x * _GELU_C) * _GELU_K)
-            return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * (_GELU_K * (1.0 + 3 * _GELU_C * x * x))
-        cdf = 0.5 * (1.0 + erf(x * _SQRT_HALF))
-        pdf = exp(-0.5 * x * x) * _INV_SQRT_2PI
-        return cdf + x * pdf
 
-    def _slope_array(self, x):
-        xp = _xp(x)
-        if self.approximate == "tanh":
-            # d/dx [x (1 + t) / 2] = (1 + t) / 2 + x (1 - t^2) u' / 2,  u' = K (1 + 3 C x^2)
-            half_du = _array(x * x)
-            half_du *= 3 * _GELU_C
-            half_du += 1
-            half_du *= 0.5 * _GELU_K
-            slope = _array(self.t * self.t)
-            xp.subtract(1, slope, out=slope)
-            slope *= half_du
-            slope *= x
-            slope += 0.5
-            slope += xp.multiply(self.t, 0.5, out=half_du)
-            return slope
-        pdf = _array(x * x)                 # phi(x) = e^(-x^2/2) / sqrt(2 pi)
-        pdf *= -0.5
-        xp.exp(pdf, out=pdf)
-        pdf *= _INV_SQRT_2PI
-        pdf *= x
-        pdf += self.cdf                     # Phi(x) + x phi(x)
-        return pdf
+def _gelu_slope_fused(x, approximate, saved):
+    """GELU's dy/dx on arrays (the formulas of ``GELU``), from the forward's saved array.
+
+    saved: Phi(x) for approximate='none', tanh(K (x + C x^3)) for 'tanh'.
+    """
+    # buys: no second erf / tanh pass, and in-place passes over two arrays (about 10x faster than the ops)
+    xp = xp_of(x)
+    if approximate == "tanh":
+        t = saved
+        half_du = _array(x * x)             # u' / 2 = K (1 + 3 C x^2) / 2
+        half_du *= 3 * _GELU_C
+        half_du += 1
+        half_du *= 0.5 * _GELU_K
+        slope = _array(t * t)
+        xp.subtract(1, slope, out=slope)    # 1 - t^2
+        slope *= half_du
+        slope *= x
+        slope += 0.5
+        slope += xp.multiply(t, 0.5, out=half_du)
+        return slope
+    pdf = _array(x * x)                     # phi(x) = e^(-x^2/2) / sqrt(2 pi)
+    pdf *= -0.5
+    xp.exp(pdf, out=pdf)
+    pdf *= _INV_SQRT_2PI
+    pdf *= x
+    pdf += saved                            # Phi(x) + x phi(x)
+    return pdf
 
 
 def gelu(x, approximate="none"):
@@ -502,7 +527,7 @@ class Softplus(Function):
         self.beta, self.threshold = float(beta), float(threshold)
 
     def forward(self, x):
-        xp = _xp(x)
+        xp = xp_of(x)
         z = x * self.beta if self.beta != 1.0 else x
         # log(1 + e^z) = max(z, 0) + log1p(e^-|z|): the exponent is never positive, so
         # e^... cannot overflow, and log1p keeps the small tail exact.
@@ -534,7 +559,7 @@ class LogSigmoid(Function):
     """
 
     def forward(self, x):
-        xp = _xp(x)
+        xp = xp_of(x)
         # log sigma(x) = min(x, 0) - log1p(e^-|x|): the exponent is never positive (no
         # overflow), and for x << 0 the answer is x - tiny instead of log(0) = -inf.
         t = _array(xp.abs(x))
@@ -574,7 +599,7 @@ class Where(Function):
             raise RuntimeError(f"where: the condition is on {backend.device_of(self.cond)} but the "
                                f"values are on {backend.device_of(a)}")
         try:
-            return _xp(a).where(self.cond, a, b)
+            return xp_of(a).where(self.cond, a, b)
         except ValueError:
             raise ValueError(f"where: shapes {self.cond.shape} (condition), {a.shape} and {b.shape} "
                              "do not broadcast together") from None
@@ -593,7 +618,7 @@ def where(condition, input, other):  # noqa: A002 (PyTorch's names)
     if not isinstance(ref, Tensor):
         raise TypeError("where: at least one of input and other must be a Tensor")
     if np.isscalar(cond) or isinstance(cond, (list, tuple)):
-        cond = _xp(ref.data).asarray(cond)
+        cond = xp_of(ref.data).asarray(cond)
     if cond.dtype != np.bool_:
         raise TypeError(f"where: condition must be boolean, got dtype {cond.dtype} "
                         "(compare first, e.g. where(x > 0, x, 0))")
@@ -610,7 +635,7 @@ class Clip(Function):
         self.lo, self.hi = lo, hi
 
     def forward(self, x):
-        xp = _xp(x)
+        xp = xp_of(x)
         if x.dtype.kind == "f":  # an infinite bound keeps NumPy on its fast two-sided loop
             return xp.clip(x, -xp.inf if self.lo is None else self.lo, xp.inf if self.hi is None else self.hi)
         return xp.clip(x, self.lo, self.hi)
@@ -639,7 +664,7 @@ clamp = clip  # PyTorch's other name
 
 def _first_wins(a, b):
     """1 where a > b, 0 where a < b and 1/2 on ties: (sign(a - b) + 1) / 2, in a's dtype."""
-    xp = _xp(a)
+    xp = xp_of(a)
     w = _array(a - b)
     xp.sign(w, out=w)
     w += 1
@@ -654,7 +679,7 @@ class Maximum(Function):
     """
 
     def forward(self, a, b):
-        return _xp(a).maximum(a, b)
+        return xp_of(a).maximum(a, b)
 
     def backward(self, gy):
         a, b = self.inputs
@@ -670,7 +695,7 @@ class Minimum(Function):
     """
 
     def forward(self, a, b):
-        return _xp(a).minimum(a, b)
+        return xp_of(a).minimum(a, b)
 
     def backward(self, gy):
         a, b = self.inputs
@@ -826,21 +851,10 @@ def min(x, dim=None, keepdim=False):  # noqa: A001 (PyTorch's name)
     return Min(dim, keepdim)(x)
 
 
-def _finite_max(x, axes):
-    """Max over ``axes`` (keepdims), with infinite maxima replaced by 0.
-
-    A row of all -inf (everything masked) would give -inf - (-inf) = nan when the
-    max is subtracted; shifting such rows by 0 instead gives exp(-inf) = 0 and
-    logsumexp = -inf, the right answer.
-    """
-    xp = _xp(x)
-    m = x.max(axis=axes, keepdims=True)
-    return xp.where(xp.isfinite(m), m, 0)
-
-
 class LogSumExp(Function):
-    """y = log sum_i e^(x_i) over ``dim``;  dx = gy * e^(x - y)  (= gy * softmax(x)).
+    """y = log sum_i e^(x_i) over ``dim``;  dx = gy * softmax(x) = gy * e^(x - m) / sum e^(x - m), m = max x.
 
+    The forward is ``backend.logsumexp`` (the max subtracted, so nothing overflows).
     Shapes: x (...) -> y with ``dim`` removed (kept as 1 with keepdim).
     """
 
@@ -848,28 +862,28 @@ class LogSumExp(Function):
         self.dim, self.keepdim = dim, keepdim
 
     def forward(self, x):
-        xp = _xp(x)
         self.axes = _axes(self.dim, x.ndim)
         self.x_shape = x.shape
-        m = _finite_max(x, self.axes)
-        # subtracting the max makes every exponent <= 0: no overflow, and the largest
-        # term is exactly 1, so the sum cannot underflow to 0 either.
-        e = _array(x - m)
-        xp.exp(e, out=e)
-        with np.errstate(divide="ignore"):  # an all -inf row: log(0) = -inf is the answer
-            y = xp.log(e.sum(axis=self.axes, keepdims=True))
-        y += m
+        y = backend.logsumexp(x, axis=self.axes, keepdims=True)
         return y if self.keepdim else y.reshape(_reduced_shape(x.shape, self.axes))
 
     def backward(self, gy):
-        x, y = self.inputs[0], self.output()
+        x = self.inputs[0]
         if not self.keepdim:
-            keep = _keepdim_shape(self.x_shape, self.axes)
-            gy, y = gy.reshape(keep), y.reshape(keep)
-        # an all -inf row has y = -inf and no mass: shift it by 0 so its gradient is
-        # e^(-inf) = 0 rather than e^(-inf + inf) = nan
-        y = where(_xp(y.data).isfinite(y.data), y, 0.0)
-        return gy * exp(x - y)
+            gy = gy.reshape(_keepdim_shape(self.x_shape, self.axes))
+        if x.data.size == 0:
+            return gy * x  # nothing to differentiate: an empty gradient of the right shape
+        # dx = softmax(x) computed from x - max(x), not e^(x - y): for huge x, y = max + log n
+        # rounds back to max and e^(x - y) reads 1 per entry instead of 1/n.  The shift is a
+        # constant (softmax does not depend on it), so the graph stays differentiable.
+        xp = xp_of(x.data)
+        shift = x.data.max(axis=self.axes, keepdims=True)
+        shift = xp.where(xp.isfinite(shift), shift, 0)  # an all -inf row: no shift, e = 0
+        e = exp(x - Tensor(shift))
+        total = sum(e, self.axes, keepdim=True)
+        # an all -inf row has no mass: its gradient is 0, not 0/0
+        total = where(total.data > 0, total, 1.0)
+        return gy * (e / total)
 
 
 def logsumexp(x, dim=None, keepdim=False):
@@ -894,7 +908,7 @@ class Softmax(Function):
         self.dim = dim
 
     def forward(self, x):
-        xp = _xp(x)
+        xp = xp_of(x)
         self.axes = _softmax_axis(self.dim, x.ndim)
         y = _array(x - x.max(axis=self.axes, keepdims=True))  # exponents <= 0: no overflow
         xp.exp(y, out=y)
@@ -916,7 +930,7 @@ class LogSoftmax(Function):
         self.dim = dim
 
     def forward(self, x):
-        xp = _xp(x)
+        xp = xp_of(x)
         self.axes = _softmax_axis(self.dim, x.ndim)
         y = x - x.max(axis=self.axes, keepdims=True)  # shift by the max: exponents <= 0
         lse = xp.log(xp.exp(y).sum(axis=self.axes, keepdims=True))
@@ -969,7 +983,7 @@ def dropout(x, p=0.5, training=True, generator=None):
         raise TypeError(f"dropout: expected a floating Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if not training or p == 0.0:
         return x
-    xp = _xp(x.data)
+    xp = xp_of(x.data)
     if p == 1.0:
         return Dropout(xp.zeros(x.shape, dtype=x.dtype))(x)
     gen = generator if generator is not None else backend.default_generator(x.device)

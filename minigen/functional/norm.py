@@ -19,9 +19,8 @@ and views the result back.  ``Normalize`` is *fused*: the forward computes mean,
 rstd = 1/sqrt(var + eps) and xhat on arrays in a few passes, and the backward is
 the closed form of the chain rule through all of it (see ``Normalize``), instead
 of a dozen recorded elementary ops.  The affine part (weight, bias) is fused in
-too: timed against a separate broadcast multiply and add it is as fast for group
-norm and about 15% faster for layer norm, and it lets the backward scale the
-gradient once by the small product rstd * weight.
+too: it costs no more than a separate broadcast multiply and add, and it lets the
+backward scale the gradient once by the small product rstd * weight.
 
 Batch norm in eval mode uses the running statistics, which are constants, so it
 is just an affine map written with ordinary ops.

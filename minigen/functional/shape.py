@@ -1,5 +1,5 @@
 """Ops that move values around without arithmetic: reshape, transpose, indexing,
-concat / stack / split, padding and embedding lookups.
+concat / stack / split, padding, embedding lookups and one-hot rows.
 
 Every op here is linear in its input, so its backward is another shape op (its
 adjoint), and the adjoint's backward is the op again; that pairing is what makes
@@ -9,7 +9,8 @@ all of them differentiable twice:
     broadcast_to  <->  sum_to                getitem      <->  scatter-add into zeros
     concat        <->  split                 pad          <->  crop (constant) / fold (reflect, replicate)
 
-``stack``, ``chunk`` and ``embedding`` are built from these.
+``stack``, ``chunk`` and ``embedding`` are built from these.  ``one_hot`` (labels
+-> rows of the identity) is the odd one out: labels are data, so it has no backward.
 """
 from __future__ import annotations
 
@@ -17,16 +18,13 @@ import numpy as np
 
 from ..autograd import Function, Tensor
 from .. import backend
+from ..backend import xp_of
 
 __all__ = [
     "reshape", "flatten", "unsqueeze", "squeeze", "transpose", "permute",
     "broadcast_to", "sum_to", "getitem", "astype", "to_device",
-    "concat", "cat", "stack", "split", "chunk", "pad", "embedding",
+    "concat", "cat", "stack", "split", "chunk", "pad", "embedding", "one_hot",
 ]
-
-
-def _xp(a):
-    return backend.xp_of(a)
 
 
 # ----------------------------------------------------------------------------
@@ -125,7 +123,7 @@ class BroadcastTo(Function):
     def forward(self, x):
         self.x_shape = x.shape
         try:
-            return _xp(x).broadcast_to(x, self.shape)
+            return xp_of(x).broadcast_to(x, self.shape)
         except ValueError:
             raise ValueError(f"broadcast_to: shape {x.shape} cannot broadcast to {self.shape}") from None
 
@@ -188,10 +186,6 @@ def sum_to(x, shape):
 # indexing
 # ----------------------------------------------------------------------------
 
-def _is_array(obj) -> bool:
-    return isinstance(obj, np.ndarray) or type(obj).__module__.startswith("cupy")
-
-
 def _index_arrays(index, device):
     """Make an index ready for NumPy/CuPy indexing on ``device``.
 
@@ -206,7 +200,7 @@ def _index_arrays(index, device):
             i = np.asarray(i)
             if i.size == 0:
                 i = i.astype(np.intp)  # [] would otherwise be a float array
-        if _is_array(i):
+        if backend.is_array(i):
             i = backend.to_device(i, device)
         return i
 
@@ -254,7 +248,7 @@ class GetItemGrad(Function):
         self.index, self.x_shape = index, x_shape
 
     def forward(self, gy):
-        xp = _xp(gy)
+        xp = xp_of(gy)
         gx = xp.zeros(self.x_shape, dtype=gy.dtype)
         if _is_basic(self.index):
             gx[self.index] = gy  # basic indices never repeat an element
@@ -293,7 +287,7 @@ class Concat(Function):
 
     def forward(self, *xs):
         self.sizes = [x.shape[self.dim] for x in xs]
-        return _xp(xs[0]).concatenate(xs, axis=self.dim)
+        return xp_of(xs[0]).concatenate(xs, axis=self.dim)
 
     def backward(self, gy):
         return split(gy, self.sizes, self.dim)
@@ -311,11 +305,11 @@ class Split(Function):
     def forward(self, x):
         self.x_shape = x.shape
         cuts = np.cumsum(self.sizes)[:-1].tolist()
-        return tuple(_xp(x).split(x, cuts, axis=self.dim))
+        return tuple(xp_of(x).split(x, cuts, axis=self.dim))
 
     def backward(self, *gys):
         known = next(g for g in gys if g is not None)
-        xp = _xp(known.data)
+        xp = xp_of(known.data)
         pieces = []
         for g, n in zip(gys, self.sizes):
             if g is None:  # this piece did not reach the loss: its gradient is zero
@@ -422,7 +416,7 @@ class Pad(Function):
         self.widths, self.mode, self.value = widths, mode, value  # widths: [(l, r)] per axis
 
     def forward(self, x):
-        xp = _xp(x)
+        xp = xp_of(x)
         if self.mode == "constant":
             crop = tuple(slice(max(-l, 0), n - max(-r, 0)) for (l, r), n in zip(self.widths, x.shape))
             x = x[crop]
@@ -499,7 +493,7 @@ def pad(x, pad, mode="constant", value=0.0):  # noqa: A002 (PyTorch's names)
 
 
 # ----------------------------------------------------------------------------
-# embedding lookup
+# embedding lookup and one-hot rows
 # ----------------------------------------------------------------------------
 
 def embedding(indices, weight):
@@ -513,7 +507,7 @@ def embedding(indices, weight):
         shape = weight.shape if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"embedding: weight must be a 2-D (num_embeddings, dim) Tensor, got {shape}")
     idx = indices.data if isinstance(indices, Tensor) else indices
-    idx = backend.to_device(idx if _is_array(idx) else np.asarray(idx), weight.device)
+    idx = backend.to_device(idx if backend.is_array(idx) else np.asarray(idx), weight.device)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
     V = weight.shape[0]
@@ -521,6 +515,32 @@ def embedding(indices, weight):
         raise IndexError(f"embedding: index out of range: indices span [{int(idx.min())}, {int(idx.max())}] "
                          f"but the table has {V} rows")
     return GetItem(idx)(weight)
+
+
+def one_hot(labels, num_classes, dtype=None):
+    """y[b, k] = 1 if labels[b] == k else 0: class labels as rows of the identity.
+
+    Shapes: labels (B,) integers in [0, num_classes) (a Tensor, a NumPy/CuPy array
+    or a list) -> a constant Tensor (B, num_classes) of ``dtype`` (default: the
+    default float dtype) on the labels' device (lists: the default device).  It
+    carries no gradient: labels are data.  The conditional VAE and GAN concatenate
+    it to their inputs (notes §4 (conditional LVMs), §4.1 (conditional GANs)).
+    """
+    idx = labels.data if isinstance(labels, Tensor) else labels
+    if not backend.is_array(idx):
+        idx = backend.to_device(np.asarray(idx), backend.get_default_device())
+    if idx.dtype.kind not in "iu":
+        raise ValueError(f"one_hot: labels must be integers, got dtype {idx.dtype}")
+    if idx.ndim != 1:
+        raise ValueError(f"one_hot: labels must be 1-D (B,), got shape {tuple(idx.shape)}")
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"one_hot: num_classes must be a positive int, got {num_classes!r}")
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= num_classes):
+        raise ValueError(f"one_hot: labels must lie in [0, {num_classes}), "
+                         f"got values in [{int(idx.min())}, {int(idx.max())}]")
+    xp = xp_of(idx)
+    rows = idx[:, None] == xp.arange(int(num_classes))                 # (B, num_classes) booleans
+    return Tensor(rows.astype(np.dtype(dtype or backend.get_default_dtype())))
 
 
 # ----------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from .. import functional as F
 from ..autograd import Tensor, no_grad
 from ..checkpoint import atomic_write_bytes
 
-__all__ = ["LeNet", "ReferenceClassifier", "get_classifier", "train_classifier", "cache_dir", "cache_paths"]
+__all__ = ["LeNet", "ReferenceClassifier", "get_classifier", "train_classifier", "cache_dir", "cache_paths",
+           "cached_info"]
 
 
 class LeNet(nn.Module):
@@ -146,11 +147,34 @@ def train_classifier(train_set, test_set, epochs=None, augment="shift", batch_si
 _memo = {}
 
 
-def cache_paths(dataset, train_set):
-    """(weights .npz, info .json) of a dataset's cached classifier; the name carries a tag of the data's source."""
+def cache_paths(dataset, train_set, directory=None):
+    """(weights .npz, info .json) of a dataset's cached classifier in ``directory`` (default ``cache_dir()``).
+
+    The file name carries a tag of the training data's source, so classifiers of
+    different data never share a file.
+    """
     tag = hashlib.sha1(train_set.source.encode()).hexdigest()[:8]
-    base = os.path.join(cache_dir(), f"classifier-{dataset}-{tag}")
+    base = os.path.join(directory or cache_dir(), f"classifier-{dataset}-{tag}")
     return base + ".npz", base + ".json"
+
+
+def cached_info(dataset, weights, info_path):
+    """The JSON record of a cached classifier that can be trusted, else None.
+
+    Trusted means: both files exist, the weight file's SHA-256 is the one recorded
+    when it was written (a changed or damaged file is retrained, never loaded), and
+    it was trained by today's recipe for ``dataset`` (``TRAINING``).
+    """
+    if not (os.path.exists(weights) and os.path.exists(info_path)):
+        return None
+    try:
+        with open(info_path) as f:
+            info = json.load(f)
+        if info.get("sha256") != _sha256(weights) or info.get("training") != TRAINING.get(dataset, {}):
+            return None
+        return info
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def get_classifier(dataset, data_dir=None, device=None, retrain=False, verbose=False):
@@ -166,17 +190,10 @@ def get_classifier(dataset, data_dir=None, device=None, retrain=False, verbose=F
         return _memo[key]
     model = LeNet()
     training = dict(TRAINING.get(dataset, {}))
-    info = None
-    if not retrain and os.path.exists(weights) and os.path.exists(info_path):
+    info = None if retrain else cached_info(dataset, weights, info_path)
+    if info is not None:
         try:
-            with open(info_path) as f:
-                info = json.load(f)
-            if info.get("sha256") != _sha256(weights):
-                info = None  # a changed or damaged file is retrained, not trusted
-            elif info.get("training") != training:
-                info = None  # trained by another recipe than today's: retrain
-            else:
-                model.load(weights)
+            model.load(weights)
         except (OSError, ValueError, KeyError, RuntimeError):
             info = None
     if info is None:

@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from .. import backend
+
 __all__ = ["LN2", "bits_per_dim", "nats_from_bits_per_dim", "dequantized_bits_per_dim", "logmeanexp"]
 
 LN2 = math.log(2.0)
@@ -54,10 +56,14 @@ def dequantized_bits_per_dim(log_density_nats, num_dims, bins=256, scale=1.0):
 
 
 def logmeanexp(a, axis=None, keepdims=False):
-    """log(mean(exp(a))) along ``axis``, with the max subtracted for stability."""
+    """log( (1/n) sum_i exp(a_i) ) = logsumexp(a) - log n along ``axis`` (None: all axes), in float64.
+
+    ``backend.logsumexp`` subtracts the max, so k importance weights e^(a_i) of any
+    size never overflow; an all -inf slice gives -inf.  a: a host array or list.
+    """
     a = np.asarray(a, dtype=np.float64)
-    m = np.max(a, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)  # all -inf slices stay -inf, not NaN
-    with np.errstate(divide="ignore"):  # log(0) = -inf is the right answer for all -inf slices
-        out = np.log(np.mean(np.exp(a - m), axis=axis, keepdims=True)) + m
-    return out if keepdims else np.squeeze(out, axis=axis) if axis is not None else out.reshape(())
+    axes = range(a.ndim) if axis is None else (axis,) if isinstance(axis, (int, np.integer)) else axis
+    n = math.prod(a.shape[ax] for ax in axes)
+    out = np.asarray(backend.logsumexp(a, axis=axis, keepdims=keepdims))
+    out -= math.log(n)
+    return out

@@ -28,32 +28,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import backend, nn, optim
 from .. import functional as F
-from ..autograd import Tensor, no_grad
-from ..train import Recipe, RunConfig, TrainingError, register
+from .. import nn
 
-__all__ = ["AutoencoderConfig", "Autoencoder", "AutoencoderRecipe", "load_trained"]
+__all__ = ["AutoencoderConfig", "Autoencoder", "reconstruction_loss", "train_step"]
 
 
 @dataclass
-class AutoencoderConfig(RunConfig):
+class AutoencoderConfig:
+    """The autoencoder's architecture and loss (the run options live in ``minigen.families.autoencoder``)."""
+
     arch: str = "mlp"        # "mlp", "conv" or "linear" (the PCA-equivalent model)
     latent_dim: int = 16     # size of the code z
     hidden: int = 512        # width of the MLP's hidden layers
     loss: str = "bce"        # "bce" (Bernoulli logits, images in [0, 1]) or "mse"
-    steps: int = 1500        # optimisation steps
-    batch_size: int = 128    # images per step
-    lr: float = 1e-3         # Adam learning rate
 
     def validate(self):
-        super().validate()
+        """Raise ValueError naming the first impossible setting."""
         if self.arch not in ("mlp", "conv", "linear"):
-            raise TrainingError(f"config: arch must be mlp, conv or linear, got {self.arch!r}")
+            raise ValueError(f"config: arch must be mlp, conv or linear, got {self.arch!r}")
         if self.loss not in ("bce", "mse"):
-            raise TrainingError(f"config: loss must be bce or mse, got {self.loss!r}")
+            raise ValueError(f"config: loss must be bce or mse, got {self.loss!r}")
         if self.latent_dim < 1 or self.hidden < 1:
-            raise TrainingError("config: latent_dim and hidden must be positive")
+            raise ValueError("config: latent_dim and hidden must be positive")
 
 
 class Autoencoder(nn.Module):
@@ -114,76 +111,13 @@ def reconstruction_loss(output, x, loss="bce"):
     return F.mse_loss(output, x, reduction="sum") / b
 
 
-@register
-class AutoencoderRecipe(Recipe):
-    name = "autoencoder"
-    Config = AutoencoderConfig
-    description = "deterministic autoencoder (MLP, conv or linear), notes §1"
+def train_step(model, opt, x, loss="bce"):
+    """One step on a minibatch x (B, C, H, W): the reconstruction loss of notes §1, backprop, update.
 
-    def __init__(self, config, data, device, generator):
-        super().__init__(config, data, device, generator)
-        init_gen = type(generator)(config.seed, "cpu")
-        self.model = Autoencoder(config.arch, config.latent_dim, config.hidden,
-                                 tuple(data.images.shape[1:]), generator=init_gen).to(device)
-        self.opt = optim.Adam(self.model.parameters(), lr=config.lr)
-        self.modules = {"model": self.model}
-        self.optimizers = {"model": self.opt}
-        # A fixed subset of training images: its codes define the Gaussian that sample() decodes from.
-        self._fit_images = data.images[:1000]
-
-    def train_step(self, x, y):
-        self.opt.zero_grad()
-        loss = reconstruction_loss(self.model(x), x, self.config.loss)
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.item()}
-
-    def _decode_images(self, z):
-        out = self.model.decode(z)
-        return (F.sigmoid(out) if self.config.loss == "bce" else F.clip(out, 0.0, 1.0)).numpy()
-
-    def sample(self, n, generator, labels=None):
-        """Decode z ~ N(mean, cov) of the codes of 1,000 training images."""
-        with no_grad():
-            codes = self.model.encode(Tensor(self._fit_images).to(self.device)).numpy().astype(np.float64)
-        mean, cov = codes.mean(0), np.cov(codes, rowvar=False).reshape(codes.shape[1], codes.shape[1])
-        chol = np.linalg.cholesky(cov + 1e-6 * np.eye(len(mean)))
-        eps = backend.to_numpy(generator.normal((n, len(mean)), dtype=np.float64))
-        z = mean + eps @ chol.T
-        return self._decode_images(Tensor(z.astype(np.float32)).to(self.device))
-
-    def evaluate(self, x, y, generator):
-        """Mean per-image reconstruction loss and pixel MSE on the test images."""
-        total, mse, n = 0.0, 0.0, len(x)
-        for start in range(0, n, 500):
-            xb = Tensor(x[start:start + 500]).to(self.device)
-            out = self.model(xb)
-            total += reconstruction_loss(out, xb, self.config.loss).item() * len(xb)
-            recon = F.sigmoid(out) if self.config.loss == "bce" else out
-            mse += float(((recon - xb) ** 2).mean().item()) * len(xb)
-        return {"test_recon_loss": total / n, "test_pixel_mse": mse / n}
-
-    def reconstruct(self, x):
-        """Reconstructions of host images x (B, C, H, W) in [0, 1]."""
-        with no_grad():
-            return self._decode_images(self.model.encode(Tensor(x).to(self.device)))
-
-    def encode(self, x):
-        with no_grad():
-            return self.model.encode(Tensor(x).to(self.device)).numpy()
-
-
-def load_trained(run_dir):
-    """The trained ``AutoencoderRecipe`` of a run directory and the run's test set.
-
-    The config comes from RUN_DIR/config.json and the weights from
-    RUN_DIR/checkpoint.npz, exactly as ``python -m minigen eval`` loads a run;
-    the model is in eval mode.  Use ``recipe.reconstruct(x)`` and
-    ``recipe.encode(x)`` on host images (B, 1, 28, 28).
+    Returns {"loss": per-image reconstruction loss}.
     """
-    from ..evaluate import restore_run
-
-    recipe, _config, _train_set, test_set, _step = restore_run(run_dir)
-    if not isinstance(recipe, AutoencoderRecipe):
-        raise TrainingError(f"{run_dir} is a {recipe.name!r} run, not an autoencoder run")
-    return recipe, test_set
+    opt.zero_grad()
+    value = reconstruction_loss(model(x), x, loss)
+    value.backward()
+    opt.step()
+    return {"loss": value.item()}

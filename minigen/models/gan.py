@@ -22,7 +22,9 @@ Reading order of this file
    D(x[, c]), so LAPGAN, Progressive GAN and StyleGAN reuse them;
 3. the networks: MLP generator/discriminator (2-D toy data and MNIST), DCGAN
    (notes §3.3), both optionally conditioned on a class label (notes §4.1);
-4. the recipes ``gan`` (MLP), ``dcgan`` and ``cgan`` for ``python -m minigen train``.
+4. ``GANConfig``, the architecture and game settings a run chooses (the
+   command-line families ``gan``, ``dcgan`` and ``cgan`` live in
+   ``minigen/families/gan.py`` and call ``gan_step``).
 
 Shapes: noise z (B, latent_dim); images x (B, 1, 28, 28) in [-1, 1] (the tanh
 output range; ``prepare`` rescales the loader's [0, 1] images); toy points
@@ -40,18 +42,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import backend, nn, optim
+from .. import backend, nn
 from .. import functional as F
 from ..autograd import Tensor, no_grad
 from ..creation import ones_like, zeros_like
-from ..data.transforms import from_symmetric_range, to_symmetric_range
-from ..train import Recipe, RunConfig, TrainingError, register
 
 __all__ = ["value_function", "discriminator_loss", "generator_loss", "optimal_discriminator",
-           "GENERATOR_LOSSES", "frozen", "discriminator_step", "generator_step", "gan_step",
-           "sample_noise", "generate", "one_hot", "MLPGenerator", "MLPDiscriminator",
-           "DCGANGenerator", "DCGANDiscriminator", "dcgan_init_", "build_gan",
-           "GANConfig", "DCGANConfig", "CGANConfig", "GANRecipe", "DCGANRecipe", "CGANRecipe"]
+           "GENERATOR_LOSSES", "frozen", "mean_probability", "discriminator_step", "generator_step", "gan_step",
+           "sample_noise", "generate", "MLPGenerator", "MLPDiscriminator",
+           "DCGANGenerator", "DCGANDiscriminator", "dcgan_init_", "build_gan", "GANConfig"]
 
 
 # ----------------------------------------------------------------------------
@@ -146,7 +145,7 @@ def frozen(module):
             p.requires_grad_(flag)
 
 
-def _mean_prob(logits):
+def mean_probability(logits):
     """Mean of D = sigmoid(l) over a batch, as a float (for logs)."""
     l = backend.to_numpy(logits.data).astype(np.float64)
     return float(np.mean(0.5 * (1.0 + np.tanh(0.5 * l))))  # sigmoid via tanh: no overflow for large |l|
@@ -169,7 +168,7 @@ def discriminator_step(D, opt_d, x_real, x_fake, cond=None):
     loss = discriminator_loss(real_logits, fake_logits)
     loss.backward()
     opt_d.step()
-    return {"loss_d": loss.item(), "d_real": _mean_prob(real_logits), "d_fake": _mean_prob(fake_logits)}
+    return {"loss_d": loss.item(), "d_real": mean_probability(real_logits), "d_fake": mean_probability(fake_logits)}
 
 
 def generator_step(G, D, opt_g, z, cond=None, loss="non-saturating"):
@@ -188,7 +187,7 @@ def generator_step(G, D, opt_g, z, cond=None, loss="non-saturating"):
         loss_g = generator_loss(fake_logits, loss)
         loss_g.backward()
     opt_g.step()
-    return {"loss_g": loss_g.item(), "d_fake_g": _mean_prob(fake_logits)}
+    return {"loss_g": loss_g.item(), "d_fake_g": mean_probability(fake_logits)}
 
 
 def gan_step(G, D, opt_g, opt_d, real_batches, noise, loss="non-saturating"):
@@ -233,37 +232,24 @@ def generate(G, n, latent_dim, generator, cond=None):
 # 3. networks
 # ----------------------------------------------------------------------------
 
-def one_hot(labels, n_classes, dtype=None, device=None):
-    """e_y: (B,) integer labels (Tensor or array) -> (B, n_classes) constant Tensor of 0/1."""
-    y = labels.data if isinstance(labels, Tensor) else labels
-    device = device or (labels.device if isinstance(labels, Tensor) else "cpu")
-    xp = backend.get_array_module(device)
-    y = backend.to_device(np.asarray(y) if not hasattr(y, "dtype") else y, device)
-    if y.ndim != 1 or y.dtype.kind not in "iu":
-        raise ValueError(f"one_hot: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
-    if y.size and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-        raise ValueError(f"one_hot: labels span [{int(y.min())}, {int(y.max())}], outside [0, {n_classes})")
-    return Tensor(xp.eye(n_classes, dtype=dtype or backend.get_default_dtype())[y])
-
-
 class MLPGenerator(nn.Module):
     """G(z) or G(z, y): noise to data with fully connected layers and ReLU.
 
-    z (B, latent_dim) [concatenated with one-hot y (B, n_classes) when
-    n_classes > 0, notes §4.1] -> hidden layers -> x (B, *data_shape).
+    z (B, latent_dim) [concatenated with one-hot y (B, num_classes) when
+    num_classes > 0, notes §4.1] -> hidden layers -> x (B, *data_shape).
     ``output="tanh"`` for images in [-1, 1], ``"linear"`` for unbounded toy data.
     ``batch_norm=True`` normalises every hidden layer before its ReLU, as the
     DCGAN generator does; on MNIST it keeps the MLP generator from collapsing.
     """
 
-    def __init__(self, latent_dim, data_shape, hidden=(256, 512), n_classes=0, output="tanh", batch_norm=False,
+    def __init__(self, latent_dim, data_shape, hidden=(256, 512), num_classes=0, output="tanh", batch_norm=False,
                  generator=None):
         super().__init__()
         if output not in ("tanh", "linear"):
             raise ValueError(f"MLPGenerator: output must be 'tanh' or 'linear', got {output!r}")
-        self.latent_dim, self.n_classes, self.output = int(latent_dim), int(n_classes), output
+        self.latent_dim, self.num_classes, self.output = int(latent_dim), int(num_classes), output
         self.data_shape = tuple(data_shape)
-        widths = [self.latent_dim + self.n_classes] + list(hidden)
+        widths = [self.latent_dim + self.num_classes] + list(hidden)
         layers = []
         for w_in, w_out in zip(widths[:-1], widths[1:]):
             layers.append(nn.Linear(w_in, w_out, generator=generator))
@@ -272,8 +258,8 @@ class MLPGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z, y=None):
-        if self.n_classes:
-            z = F.concat([z, one_hot(y, self.n_classes, z.dtype, z.device)], dim=1)  # (B, latent + classes)
+        if self.num_classes:
+            z = F.concat([z, F.one_hot(y, self.num_classes, z.dtype)], dim=1)  # (B, latent + classes)
         x = self.net(z).reshape((z.shape[0],) + self.data_shape)                       # (B, *data_shape)
         return F.tanh(x) if self.output == "tanh" else x
 
@@ -284,10 +270,10 @@ class MLPDiscriminator(nn.Module):
     x (B, *data_shape) flattened [concatenated with one-hot y] -> (B, 1) logits.
     """
 
-    def __init__(self, data_shape, hidden=(512, 256), n_classes=0, generator=None):
+    def __init__(self, data_shape, hidden=(512, 256), num_classes=0, generator=None):
         super().__init__()
-        self.n_classes = int(n_classes)
-        widths = [int(np.prod(data_shape)) + self.n_classes] + list(hidden)
+        self.num_classes = int(num_classes)
+        widths = [int(np.prod(data_shape)) + self.num_classes] + list(hidden)
         layers = []
         for w_in, w_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(w_in, w_out, generator=generator), nn.LeakyReLU(0.2)]
@@ -296,8 +282,8 @@ class MLPDiscriminator(nn.Module):
 
     def forward(self, x, y=None):
         h = F.flatten(x, 1)                                                              # (B, D)
-        if self.n_classes:
-            h = F.concat([h, one_hot(y, self.n_classes, h.dtype, h.device)], dim=1)     # (B, D + classes)
+        if self.num_classes:
+            h = F.concat([h, F.one_hot(y, self.num_classes, h.dtype)], dim=1)     # (B, D + classes)
         return self.net(h)                                                               # (B, 1)
 
 
@@ -327,22 +313,22 @@ class DCGANGenerator(nn.Module):
           -> ConvTranspose2d(c, C, 4, 2, 1) -> tanh         (B, C, H, W) in [-1, 1]
 
     c = ``channels`` (64 in W2); image (C, H, W) = (1, 28, 28) by default (H, W
-    divisible by 4).  With n_classes > 0 a learned embedding of y is
+    divisible by 4).  With num_classes > 0 a learned embedding of y is
     concatenated to z (Mirza & Osindero 2014).
     """
 
-    def __init__(self, latent_dim=100, image_shape=(1, 28, 28), channels=64, n_classes=0, embed_dim=16,
+    def __init__(self, latent_dim=100, image_shape=(1, 28, 28), channels=64, num_classes=0, embed_dim=16,
                  generator=None):
         super().__init__()
         c_img, h, w = image_shape
         if h % 4 or w % 4:
             raise ValueError(f"DCGANGenerator: image height and width must be divisible by 4, got {h}x{w}")
-        self.latent_dim, self.n_classes, self.channels = int(latent_dim), int(n_classes), int(channels)
+        self.latent_dim, self.num_classes, self.channels = int(latent_dim), int(num_classes), int(channels)
         self.start = (2 * channels, h // 4, w // 4)
         kw = dict(generator=generator)
         in_dim = self.latent_dim
-        if self.n_classes:
-            self.embed = nn.Embedding(self.n_classes, embed_dim, generator=generator)
+        if self.num_classes:
+            self.embed = nn.Embedding(self.num_classes, embed_dim, generator=generator)
             in_dim += embed_dim
         self.fc = nn.Linear(in_dim, int(np.prod(self.start)), **kw)
         self.bn0 = nn.BatchNorm1d(int(np.prod(self.start)))
@@ -352,7 +338,7 @@ class DCGANGenerator(nn.Module):
         dcgan_init_(self, generator)
 
     def forward(self, z, y=None):
-        if self.n_classes:
+        if self.num_classes:
             z = F.concat([z, self.embed(y)], dim=1)                          # (B, latent + embed)
         h = F.relu(self.bn0(self.fc(z)))                                      # (B, 2c * H/4 * W/4)
         h = h.reshape((z.shape[0],) + self.start)                             # (B, 2c, H/4, W/4)
@@ -363,187 +349,74 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     """The DCGAN discriminator (notes §3.3; benchmark W2): strided convolutions, BN, LeakyReLU(0.2).
 
-        x (B, C, H, W) [+ label maps (B, n_classes, H, W)]
+        x (B, C, H, W) [+ label maps (B, num_classes, H, W)]
           -> Conv2d(C, c, 4, 2, 1) -> LeakyReLU                 (B, c, H/2, W/2)
           -> Conv2d(c, 2c, 4, 2, 1) -> BN -> LeakyReLU          (B, 2c, H/4, W/4)
           -> flatten -> Linear(2c * H/4 * W/4, 1)               (B, 1) logits
 
     No pooling: the strided convolutions learn their own downsampling.  With
-    n_classes > 0 the label enters as n_classes constant image planes, plane y
+    num_classes > 0 the label enters as num_classes constant image planes, plane y
     all ones and the rest zeros, stacked onto the image's channels.
     """
 
-    def __init__(self, image_shape=(1, 28, 28), channels=64, n_classes=0, generator=None):
+    def __init__(self, image_shape=(1, 28, 28), channels=64, num_classes=0, generator=None):
         super().__init__()
         c_img, h, w = image_shape
         if h % 4 or w % 4:
             raise ValueError(f"DCGANDiscriminator: image height and width must be divisible by 4, got {h}x{w}")
-        self.n_classes = int(n_classes)
+        self.num_classes = int(num_classes)
         kw = dict(generator=generator)
-        self.conv1 = nn.Conv2d(c_img + self.n_classes, channels, 4, stride=2, padding=1, **kw)
+        self.conv1 = nn.Conv2d(c_img + self.num_classes, channels, 4, stride=2, padding=1, **kw)
         self.conv2 = nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1, **kw)
         self.bn2 = nn.BatchNorm2d(2 * channels)
         self.fc = nn.Linear(2 * channels * (h // 4) * (w // 4), 1, **kw)
         dcgan_init_(self, generator)
 
     def forward(self, x, y=None):
-        if self.n_classes:
+        if self.num_classes:
             b, _, h, w = x.shape
-            planes = one_hot(y, self.n_classes, x.dtype, x.device).reshape(b, self.n_classes, 1, 1)
-            x = F.concat([x, F.broadcast_to(planes, (b, self.n_classes, h, w))], dim=1)  # (B, C + classes, H, W)
+            planes = F.one_hot(y, self.num_classes, x.dtype).reshape(b, self.num_classes, 1, 1)
+            x = F.concat([x, F.broadcast_to(planes, (b, self.num_classes, h, w))], dim=1)  # (B, C + classes, H, W)
         h = F.leaky_relu(self.conv1(x), 0.2)                                  # (B, c, H/2, W/2)
         h = F.leaky_relu(self.bn2(self.conv2(h)), 0.2)                        # (B, 2c, H/4, W/4)
         return self.fc(F.flatten(h, 1))                                       # (B, 1)
 
 
-def build_gan(arch, latent_dim, data_shape, n_classes=0, hidden=(256, 512), channels=64, generator=None):
+def build_gan(arch, latent_dim, data_shape, num_classes=0, hidden=(256, 512), channels=64, generator=None):
     """(G, D) for ``arch`` "mlp" or "dcgan"; the MLP discriminator mirrors the generator's widths."""
     if arch == "mlp":
-        G = MLPGenerator(latent_dim, data_shape, hidden, n_classes, batch_norm=True, generator=generator)
-        D = MLPDiscriminator(data_shape, tuple(reversed(hidden)), n_classes, generator=generator)
+        G = MLPGenerator(latent_dim, data_shape, hidden, num_classes, batch_norm=True, generator=generator)
+        D = MLPDiscriminator(data_shape, tuple(reversed(hidden)), num_classes, generator=generator)
     elif arch == "dcgan":
-        G = DCGANGenerator(latent_dim, data_shape, channels, n_classes, generator=generator)
-        D = DCGANDiscriminator(data_shape, channels, n_classes, generator=generator)
+        G = DCGANGenerator(latent_dim, data_shape, channels, num_classes, generator=generator)
+        D = DCGANDiscriminator(data_shape, channels, num_classes, generator=generator)
     else:
         raise ValueError(f"build_gan: arch must be 'mlp' or 'dcgan', got {arch!r}")
     return G, D
 
 
 # ----------------------------------------------------------------------------
-# 4. recipes for the command line
+# 4. the settings a run chooses
 # ----------------------------------------------------------------------------
 
 @dataclass
-class GANConfig(RunConfig):
+class GANConfig:
+    """The networks and the game (the run options live in ``minigen.families.gan``)."""
+
     arch: str = "mlp"                 # "mlp" (fully connected) or "dcgan" (notes §3.3)
     latent_dim: int = 100             # size of the noise z ~ N(0, I)
     hidden: tuple = (256, 512)        # MLP generator widths; the discriminator uses them reversed
     channels: int = 64                # DCGAN base width c (G: 2c -> c -> 1, D: c -> 2c)
     g_loss: str = "non-saturating"    # generator loss: "non-saturating" (§3.2) or "minimax" (saturating)
     k: int = 1                        # discriminator steps per generator step (each on a fresh real minibatch)
-    lr: float = 2e-4                  # generator's Adam learning rate
-    lr_d: float = 2e-4                # discriminator's Adam learning rate
-    beta1: float = 0.5                # Adam beta1 for both (Radford et al.: 0.9 makes training oscillate)
-    steps: int = 10000                # generator steps, each after k discriminator steps (MLP: ~7 min on 2 CPU cores)
-    batch_size: int = 64              # real (and fake) images per minibatch
-    sample_every: int = 2000          # steps between sample grids
 
     def validate(self):
-        super().validate()
+        """Raise ValueError naming the first impossible setting."""
         if self.arch not in ("mlp", "dcgan"):
-            raise TrainingError(f"config: arch must be mlp or dcgan, got {self.arch!r}")
+            raise ValueError(f"config: arch must be mlp or dcgan, got {self.arch!r}")
         if self.g_loss not in GENERATOR_LOSSES:
-            raise TrainingError(f"config: g_loss must be one of {', '.join(GENERATOR_LOSSES)}, got {self.g_loss!r}")
+            raise ValueError(f"config: g_loss must be one of {', '.join(GENERATOR_LOSSES)}, got {self.g_loss!r}")
         if self.k < 1:
-            raise TrainingError(f"config: k (discriminator steps per generator step) must be >= 1, got {self.k}")
-        if not self.lr_d > 0:
-            raise TrainingError(f"config: lr_d must be positive, got {self.lr_d}")
-        if not 0.0 <= self.beta1 < 1.0:
-            raise TrainingError(f"config: beta1 must lie in [0, 1), got {self.beta1}")
+            raise ValueError(f"config: k (discriminator steps per generator step) must be >= 1, got {self.k}")
         if self.latent_dim < 1 or self.channels < 1 or not self.hidden or min(self.hidden) < 1:
-            raise TrainingError("config: latent_dim, channels and the hidden widths must be positive")
-
-
-@dataclass
-class DCGANConfig(GANConfig):
-    arch: str = "dcgan"               # the W2 architecture
-    steps: int = 2000                 # generator steps (~10 min on 2 CPU cores; digits recognisable from ~1500)
-    sample_every: int = 500           # steps between sample grids
-
-
-@dataclass
-class CGANConfig(GANConfig):
-    arch: str = "dcgan"               # "dcgan" (label embedding in G, label planes in D) or "mlp" (one-hot)
-    steps: int = 2000                 # generator steps (~10 min on 2 CPU cores)
-    sample_every: int = 500           # steps between sample grids
-
-
-@register
-class GANRecipe(Recipe):
-    """Train G and D with ``gan_step``: k discriminator steps, then one generator step.
-
-    One loop step = one generator step.  The loop hands over one real minibatch
-    per step; for k > 1 the other k - 1 minibatches are drawn uniformly (with
-    replacement) from the training set with the recipe's generator, so a resumed
-    run draws exactly the same ones.  Images are rescaled to [-1, 1].
-    """
-
-    name = "gan"
-    Config = GANConfig
-    description = "GAN with MLP generator and discriminator, notes §3-3.2"
-
-    def __init__(self, config, data, device, generator):
-        super().__init__(config, data, device, generator)
-        init_gen = type(generator)(config.seed, "cpu")
-        self.n_classes = len(data.classes) if self.conditional else 0
-        self.G, self.D = build_gan(config.arch, config.latent_dim, tuple(data.images.shape[1:]), self.n_classes,
-                                   tuple(config.hidden), config.channels, generator=init_gen)
-        self.G.to(device)
-        self.D.to(device)
-        self.opt_g = optim.Adam(self.G.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
-        self.opt_d = optim.Adam(self.D.parameters(), lr=config.lr_d, betas=(config.beta1, 0.999))
-        self.modules = {"generator": self.G, "discriminator": self.D}
-        self.optimizers = {"generator": self.opt_g, "discriminator": self.opt_d}
-        self._images, self._labels = data.images, data.labels  # host arrays, for the extra real minibatches
-
-    def prepare(self, x, y, generator):
-        return to_symmetric_range(x), y  # [0, 1] -> [-1, 1], the range of G's tanh
-
-    def _noise(self, n):
-        return sample_noise(n, self.config.latent_dim, self.generator)
-
-    def _random_real_batch(self, n):
-        """A fresh real minibatch for the extra discriminator steps: n rows drawn with the model generator."""
-        rows = backend.to_numpy(self.generator.integers(0, len(self._images), shape=(n,)))
-        x = Tensor(backend.to_device(self._images[rows], self.device))
-        y = Tensor(backend.to_device(self._labels[rows], self.device))
-        return self.prepare(x, y, None)
-
-    def train_step(self, x, y):
-        def real_batches():
-            yield x, (y if self.conditional else None)
-            for _ in range(self.config.k - 1):
-                xr, yr = self._random_real_batch(len(x))
-                yield xr, (yr if self.conditional else None)
-
-        return gan_step(self.G, self.D, self.opt_g, self.opt_d, real_batches(), self._noise, self.config.g_loss)
-
-    def _labels_for(self, n, generator, labels):
-        if not self.conditional:
-            return None
-        if labels is None:
-            labels = backend.to_numpy(generator.integers(0, self.n_classes, shape=(n,)))
-        return Tensor(backend.to_device(np.asarray(labels, dtype=np.int64), self.device))
-
-    def sample(self, n, generator, labels=None):
-        """n images in [0, 1] (host, NCHW); a conditional recipe draws labels uniformly unless given."""
-        x = generate(self.G, n, self.config.latent_dim, generator, self._labels_for(n, generator, labels))
-        return np.clip(from_symmetric_range(x.numpy()), 0.0, 1.0)
-
-    def evaluate(self, x, y, generator):
-        """D on up to 1,000 test images and as many fakes: V(D, G), mean D(x), mean D(G(z)), D's accuracy."""
-        n = min(len(x), 1000)
-        real = to_symmetric_range(Tensor(backend.to_device(x[:n], self.device)))
-        cond = Tensor(backend.to_device(y[:n], self.device)) if self.conditional else None
-        fake = generate(self.G, n, self.config.latent_dim, generator, cond)
-        with no_grad():
-            real_logits, fake_logits = _call(self.D, real, cond), _call(self.D, fake, cond)
-            v = value_function(real_logits, fake_logits).item()
-        correct = (backend.to_numpy(real_logits.data) > 0).mean() + (backend.to_numpy(fake_logits.data) < 0).mean()
-        return {"test_value_function": v, "test_d_real": _mean_prob(real_logits),
-                "test_d_fake": _mean_prob(fake_logits), "test_d_accuracy": float(correct / 2)}
-
-
-@register
-class DCGANRecipe(GANRecipe):
-    name = "dcgan"
-    Config = DCGANConfig
-    description = "DCGAN: strided conv D, transposed conv G, batch norm, notes §3.3"
-
-
-@register
-class CGANRecipe(GANRecipe):
-    name = "cgan"
-    Config = CGANConfig
-    description = "conditional GAN on class labels (DCGAN or MLP), notes §4.1"
-    conditional = True
+            raise ValueError("config: latent_dim, channels and the hidden widths must be positive")

@@ -69,15 +69,6 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 LLOYD_STEPS = 5          # Lloyd iterations after k-means++ seeding (enough to settle the centres)
 
 
-def _logsumexp(a, axis):
-    """log Σ exp(a) along ``axis`` without overflow or underflow."""
-    xp = backend.xp_of(a)
-    m = a.max(axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0.0)            # an all -inf row: avoid -inf - (-inf) = nan
-    # subtracting the max makes the largest term exp(0) = 1: nothing overflows, the sum is >= 1
-    return (xp.log(xp.exp(a - m).sum(axis=axis, keepdims=True)) + m).squeeze(axis)
-
-
 class GaussianMixture:
     """p(x) = Σ_k π_k N(x | μ_k, Σ_k), fitted by EM (the module docstring has the E- and M-steps).
 
@@ -166,7 +157,7 @@ class GaussianMixture:
     def _e_step(self, X):
         """Mean log-likelihood per sample and the log-responsibilities log r_nk, (n, K)."""
         weighted = self._weighted_log_prob(X)                      # log π_k + log N(x_n | k)
-        log_norm = _logsumexp(weighted, axis=1)                    # log p(x_n)
+        log_norm = backend.logsumexp(weighted, axis=1)             # log p(x_n)
         return float(log_norm.mean()), weighted - log_norm[:, None]
 
     def _m_step(self, X, resp):
@@ -273,7 +264,7 @@ class GaussianMixture:
     def score_samples(self, X):
         """log p(x_n) = logsumexp_k (log π_k + log N(x_n | μ_k, Σ_k)), (n,)."""
         X = self._checked(X, "score_samples")
-        return _logsumexp(self._weighted_log_prob(X), axis=1)
+        return backend.logsumexp(self._weighted_log_prob(X), axis=1)
 
     def score(self, X):
         """Mean log-likelihood per sample."""
@@ -283,7 +274,7 @@ class GaussianMixture:
         """Responsibilities r_nk = p(k | x_n), (n, K); rows sum to 1."""
         X = self._checked(X, "predict_proba")
         weighted = self._weighted_log_prob(X)
-        return backend.xp_of(X).exp(weighted - _logsumexp(weighted, axis=1)[:, None])
+        return backend.xp_of(X).exp(weighted - backend.logsumexp(weighted, axis=1)[:, None])
 
     def predict(self, X):
         """The most responsible component of each sample, (n,) int."""

@@ -68,7 +68,7 @@ def as_data_matrix(X, where, n_features=None, device=None):
     """
     if isinstance(X, Tensor):
         X = X.data
-    if isinstance(X, np.ndarray) or type(X).__module__.startswith("cupy"):
+    if backend.is_array(X):
         if device is not None and backend.device_of(X) != device:
             raise ValueError(f"{where}: the model lives on '{device}' but X is on "
                              f"'{backend.device_of(X)}'; move one of them first")

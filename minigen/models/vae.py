@@ -59,17 +59,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import backend, nn, optim
+from .. import backend, nn
 from .. import functional as F
 from ..autograd import Tensor, no_grad
-from ..data import transforms
 from ..distributions import Bernoulli, Normal, kl_divergence
-from ..metrics.likelihood import bits_per_dim, dequantized_bits_per_dim, logmeanexp
-from ..train import Recipe, RunConfig, TrainingError, register
+from ..metrics.likelihood import logmeanexp
 
-__all__ = ["VAEConfig", "ConvVAEConfig", "Encoder", "Decoder", "VAE", "reparameterize", "one_hot",
-           "importance_weighted_bound", "latent_manifold", "build_vae",
-           "VAERecipe", "ConvVAERecipe", "CVAERecipe"]
+__all__ = ["VAEConfig", "Encoder", "Decoder", "VAE", "reparameterize", "importance_weighted_bound",
+           "latent_manifold", "build_vae", "train_step"]
 
 
 # ----------------------------------------------------------------------------
@@ -77,7 +74,9 @@ __all__ = ["VAEConfig", "ConvVAEConfig", "Encoder", "Decoder", "VAE", "reparamet
 # ----------------------------------------------------------------------------
 
 @dataclass
-class VAEConfig(RunConfig):
+class VAEConfig:
+    """The VAE's architecture and objective (the run options live in ``minigen.families.vae``)."""
+
     arch: str = "mlp"              # "mlp" (two hidden layers each way) or "conv" (two strided convs each way)
     latent_dim: int = 16           # size of the code z
     hidden: int = 512              # width of the hidden dense layers
@@ -88,51 +87,26 @@ class VAEConfig(RunConfig):
     beta: float = 1.0              # weight of the KL term (1: the ELBO; beta-VAE otherwise)
     objective: str = "elbo"        # "elbo" or "iwae" (train on the importance-weighted bound L_k)
     iwae_k: int = 5                # importance samples per image for objective="iwae"
-    eval_k: int = 1000             # importance samples per test image in the L_k estimate of the NLL
-    eval_images: int = 1000        # test images for the ELBO and L_k (0: the whole test set)
-    steps: int = 3000              # optimisation steps
-    batch_size: int = 128          # images per step
-    lr: float = 1e-3               # Adam learning rate
 
     def validate(self):
-        super().validate()
+        """Raise ValueError naming the first impossible setting."""
         choices = {"arch": ("mlp", "conv"), "decoder": ("bernoulli", "gaussian"),
                    "decoder_var": ("learned", "fixed"), "kl": ("analytic", "mc"), "objective": ("elbo", "iwae")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise TrainingError(f"config: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("latent_dim", "hidden", "iwae_k", "eval_k"):
+                raise ValueError(f"config: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("latent_dim", "hidden", "iwae_k"):
             if getattr(self, name) < 1:
-                raise TrainingError(f"config: {name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_images < 0:
-            raise TrainingError(f"config: eval_images must be >= 0, got {self.eval_images}")
+                raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         if not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise TrainingError(f"config: beta must be a finite number >= 0, got {self.beta}")
+            raise ValueError(f"config: beta must be a finite number >= 0, got {self.beta}")
         if not math.isfinite(self.decoder_logvar):
-            raise TrainingError(f"config: decoder_logvar must be finite, got {self.decoder_logvar}")
-
-
-@dataclass
-class ConvVAEConfig(VAEConfig):
-    arch: str = "conv"             # the convolutional encoder and decoder
-    hidden: int = 256              # width of the dense layer between the convs and the code
-    steps: int = 2000              # optimisation steps (a conv step costs about five MLP steps)
+            raise ValueError(f"config: decoder_logvar must be finite, got {self.decoder_logvar}")
 
 
 # ----------------------------------------------------------------------------
 # the two halves: q(z | x [, y]) and p(x | z [, y])
 # ----------------------------------------------------------------------------
-
-def one_hot(labels, num_classes, dtype=None, device=None):
-    """Integer labels (B,) -> one-hot rows (B, num_classes) as a constant Tensor."""
-    labels = backend.to_numpy(labels.data if isinstance(labels, Tensor) else np.asarray(labels))
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise ValueError(f"one_hot: expected a 1-D array of integer labels, got {labels.dtype} {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"one_hot: labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
-    rows = np.eye(num_classes, dtype=dtype or backend.get_default_dtype())[labels]
-    return Tensor(backend.to_device(rows, device or "cpu"))
-
 
 def _conv_shape_check(image_shape):
     if tuple(image_shape[1:]) != (28, 28):
@@ -237,14 +211,17 @@ class Decoder(nn.Module):
 ELBO = namedtuple("ELBO", ["elbo", "log_px_z", "kl"])
 
 
-def reparameterize(mean, logvar, generator=None):
+def reparameterize(mean, logvar, generator=None, sample_shape=()):
     """z = mean + exp(0.5 * logvar) * eps,  eps ~ N(0, I)   (notes §2.3, §2.6).
 
     The noise eps carries all the randomness, so z is a differentiable function
-    of the encoder's outputs.  mean, logvar (B, d) -> z (B, d).
+    of the encoder's outputs.  mean, logvar (B, d) -> z (*sample_shape, B, d):
+    ``sample_shape=(k,)`` gives k independent draws per row (the IWAE bound).
+    The one place the VAE draws a code.
     """
     gen = generator if generator is not None else backend.default_generator(mean.device)
-    eps = Tensor(backend.to_device(gen.normal(mean.shape, dtype=mean.dtype), mean.device))
+    shape = tuple(sample_shape) + tuple(mean.shape)
+    eps = Tensor(backend.to_device(gen.normal(shape, dtype=mean.dtype), mean.device))
     return mean + F.exp(0.5 * logvar) * eps
 
 
@@ -267,6 +244,7 @@ class VAE(nn.Module):
         self.latent_dim, self.num_classes = int(latent_dim), int(num_classes)
 
     def _check_y(self, y, batch):
+        """The labels' guard, run once by each public method (the inner calls trust it)."""
         if self.num_classes and y is None:
             raise ValueError(f"this conditional VAE needs one-hot labels y of shape ({batch}, {self.num_classes})")
         if not self.num_classes and y is not None:
@@ -283,7 +261,7 @@ class VAE(nn.Module):
     def encode(self, x, y=None):
         """q(z | x [, y]): a Normal with batch shape (B, d)."""
         self._check_y(y, x.shape[0])
-        return self.encoder(x, y)
+        return self.encoder(x, y)  # (B, d)
 
     def decode(self, z, y=None):
         """p(x | z [, y]): a distribution with batch shape (B, C, H, W)."""
@@ -297,9 +275,10 @@ class VAE(nn.Module):
         with beta = 1 ``elbo`` is the evidence lower bound itself.
         kl: "analytic" (closed form, notes §2.4) or "mc" (log q(z|x) - log p(z) at the same z).
         """
-        q = self.encode(x, y)                                               # (B, d)
+        self._check_y(y, x.shape[0])
+        q = self.encoder(x, y)                                              # (B, d)
         z = reparameterize(q.mean, q.logvar, generator)                     # (B, d)
-        log_px_z = _sum_per_example(self.decode(z, y).log_prob(x))          # (B,)
+        log_px_z = _sum_per_example(self.decoder(z, y).log_prob(x))         # (B,)
         p_z = self.prior(x.shape[0], q.mean)
         if kl == "analytic":
             kl_term = kl_divergence(q, p_z).sum(dim=1)                      # (B,)
@@ -314,14 +293,15 @@ class VAE(nn.Module):
 
         The k draws of every image are decoded together as one batch of k * B codes.
         """
-        q = self.encode(x, y)                                               # (B, d)
+        self._check_y(y, x.shape[0])
+        q = self.encoder(x, y)                                              # (B, d)
         b = x.shape[0]
-        z = q.rsample((k,), generator)                                      # (k, B, d)
+        z = reparameterize(q.mean, q.logvar, generator, (k,))               # (k, B, d)
         xp = backend.xp_of(x.data)
         # the k copies of each image (and label), as constants laid out like z.reshape(k * B, d)
         x_rep = Tensor(xp.broadcast_to(x.data, (k,) + x.shape).reshape((k * b,) + x.shape[1:]))
         y_rep = None if y is None else Tensor(xp.broadcast_to(y.data, (k,) + y.shape).reshape(k * b, -1))
-        log_px_z = _sum_per_example(self.decode(z.reshape(k * b, self.latent_dim), y_rep).log_prob(x_rep))
+        log_px_z = _sum_per_example(self.decoder(z.reshape(k * b, self.latent_dim), y_rep).log_prob(x_rep))
         log_pz = self.prior(b, q.mean).log_prob(z).sum(dim=-1)              # (k, B)
         log_qz = q.log_prob(z).sum(dim=-1)                                  # (k, B)
         return log_px_z.reshape(k, b) + log_pz - log_qz
@@ -337,11 +317,12 @@ class VAE(nn.Module):
         device, dtype = self.device_and_dtype()
         gen = generator if generator is not None else backend.default_generator(device)
         z = Tensor(backend.to_device(gen.normal((n, self.latent_dim), dtype=dtype), device))
-        return self.decode(z, y).mean
+        return self.decoder(z, y).mean
 
     def reconstruct(self, x, y=None):
         """Decoder mean at the posterior mean: E[x | z = mean of q(z | x)]:  -> (B, C, H, W)."""
-        return self.decode(self.encode(x, y).mean, y).mean
+        self._check_y(y, x.shape[0])
+        return self.decoder(self.encoder(x, y).mean, y).mean
 
     def interpolate(self, x0, x1, steps=8, y=None):
         """Decode z(a) = (1 - a) mu(x0) + a mu(x1) for ``steps`` values of a in [0, 1].
@@ -401,7 +382,7 @@ def latent_manifold(model, n=15, y=None, span=0.95):
     z1, z2 = np.meshgrid(ticks, ticks[::-1])                # (n, n) each
     device, dtype = model.device_and_dtype()
     z = Tensor(backend.to_device(np.stack([z1.ravel(), z2.ravel()], axis=1).astype(dtype), device))  # (n*n, 2)
-    labels = None if y is None else one_hot(np.full(n * n, int(y)), model.num_classes, dtype, device)
+    labels = None if y is None else F.one_hot(backend.to_device(np.full(n * n, int(y)), device), model.num_classes, dtype)
     with no_grad():
         return np.clip(backend.to_numpy(model.decode(z, labels).mean.data), 0.0, 1.0)
 
@@ -416,145 +397,27 @@ def build_vae(config, image_shape=(1, 28, 28), num_classes=0, generator=None):
 
 
 # ----------------------------------------------------------------------------
-# training and evaluation recipes for the CLI
+# the training step (notes §2.6)
 # ----------------------------------------------------------------------------
 
-TEST_DATA_SEED = 1234  # one fixed binarization / dequantization of the test images, shared by every run
+def train_step(model, opt, x, y=None, generator=None, objective="elbo", kl="analytic", beta=1.0, iwae_k=5):
+    """One step of notes §2.6 on a minibatch: encode, reparameterize, decode, -bound, backprop, update.
 
+        loss = -(1/B) sum_b ELBO_beta(x_b)           (objective "elbo"), or
+        loss = -(1/B) sum_b L_k(x_b)                  (objective "iwae", k = iwae_k),
 
-@register
-class VAERecipe(Recipe):
-    """``python -m minigen train vae``: data preparation, the training step, sampling, test bounds."""
-
-    name = "vae"
-    Config = VAEConfig
-    description = "variational autoencoder (MLP or conv; Bernoulli or Gaussian decoder), notes §2"
-
-    def __init__(self, config, data, device, generator):
-        super().__init__(config, data, device, generator)
-        self.num_classes = len(data.classes) if self.conditional else 0
-        init_gen = type(generator)(config.seed, "cpu")
-        self.model = build_vae(config, tuple(data.images.shape[1:]), self.num_classes, generator=init_gen).to(device)
-        self.opt = optim.Adam(self.model.parameters(), lr=config.lr)
-        self.modules = {"model": self.model}
-        self.optimizers = {"model": self.opt}
-
-    # data --------------------------------------------------------------------
-    def _observe(self, images, generator):
-        """Images in [0, 1] -> what the decoder models: binary pixels or dequantized grey levels."""
-        if self.config.decoder == "bernoulli":
-            return transforms.binarize_dynamic(images, generator)
-        return transforms.dequantize(images, generator)
-
-    def _labels(self, labels, n):
-        if not self.conditional:
-            return None
-        labels = np.arange(n) % self.num_classes if labels is None else labels
-        return one_hot(labels, self.num_classes, device=self.device)
-
-    def prepare(self, x, y, generator):
-        return Tensor(self._observe(x.data, generator)), self._labels(y, len(y))
-
-    # training ----------------------------------------------------------------
-    def train_step(self, x, y):
-        """One step of notes §2.6: encode, reparameterize, decode, -ELBO, backprop, Adam."""
-        cfg = self.config
-        self.opt.zero_grad()
-        if cfg.objective == "iwae":
-            loss = -self.model.iwae_bound(x, y, cfg.iwae_k, self.generator).mean()
-            logs = {}
-        else:
-            out = self.model.elbo(x, y, self.generator, kl=cfg.kl, beta=cfg.beta)
-            loss = -out.elbo.mean()
-            logs = {"log_px_z": out.log_px_z.mean().item(), "kl": out.kl.mean().item()}
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.item(), **logs}
-
-    # sampling ----------------------------------------------------------------
-    def _images(self, t):
-        return np.clip(backend.to_numpy(t.data), 0.0, 1.0)
-
-    def sample(self, n, generator, labels=None):
-        """Decoder means of n prior draws (of the given classes for the CVAE), host (n, C, H, W) in [0, 1]."""
-        with no_grad():
-            return self._images(self.model.sample(n, generator, self._labels(labels, n)))
-
-    def _tensor(self, images):
-        return Tensor(backend.to_device(np.asarray(images, dtype=backend.get_default_dtype()), self.device))
-
-    def reconstruct(self, x, labels=None):
-        """Decoder means at the posterior means of host images x (B, C, H, W)."""
-        with no_grad():
-            return self._images(self.model.reconstruct(self._tensor(x), self._labels(labels, len(x))))
-
-    def interpolate(self, x0, x1, steps=8, labels=None):
-        """(R, steps, C, H, W) decoded interpolations between the codes of host images x0 and x1."""
-        with no_grad():
-            strips = self.model.interpolate(self._tensor(x0), self._tensor(x1), steps, self._labels(labels, len(x0)))
-            return self._images(strips)
-
-    def encode(self, x, labels=None):
-        """Posterior means of host images x: (B, latent_dim) host array."""
-        with no_grad():
-            return backend.to_numpy(self.model.encode(self._tensor(x), self._labels(labels, len(x))).mean.data)
-
-    # evaluation --------------------------------------------------------------
-    def evaluate(self, x, y, generator, batch=500):
-        """Test ELBO and L_k NLL, in nats per image and bits per dimension.
-
-        The test images are binarized (Bernoulli decoder) or dequantized
-        (Gaussian decoder) once with a fixed seed, so every run is scored on the
-        same data.  For the Gaussian decoder the nats are those of the 8-bit
-        images (the dequantization bound), so both units describe the discrete
-        data (``test_log_px_z`` and ``test_kl``, the ELBO's two terms, stay as
-        the model computes them).  For the CVAE the bounds are on log p(x | y).
-        """
-        cfg = self.config
-        n = len(x) if cfg.eval_images == 0 else min(cfg.eval_images, len(x))
-        x, y = np.asarray(x[:n]), np.asarray(y[:n])
-        obs = self._observe(x, backend.Generator(TEST_DATA_SEED, "cpu"))
-        num_dims = int(np.prod(x.shape[1:]))
-        # codes decoded per pass: the conv decoder's im2col buffers are ~100x an MLP's activations
-        max_rows = 8192 if cfg.arch == "mlp" else 1024
-        elbo, log_px_z, kl, lk = [], [], [], []
-        with no_grad():
-            for start in range(0, n, batch):
-                xb = Tensor(backend.to_device(obs[start:start + batch], self.device))
-                yb = self._labels(y[start:start + batch], len(xb))
-                out = self.model.elbo(xb, yb, generator, kl="analytic")
-                elbo.append(backend.to_numpy(out.elbo.data))
-                log_px_z.append(backend.to_numpy(out.log_px_z.data))
-                kl.append(backend.to_numpy(out.kl.data))
-                lk.append(importance_weighted_bound(self.model, xb, yb, cfg.eval_k, generator, max_rows))
-        elbo, lk = np.concatenate(elbo).astype(np.float64), np.concatenate(lk)
-
-        def nll_nats_and_bpd(log_p):
-            """Per-image mean NLL in nats and bits/dim of the (binary or 8-bit) test images."""
-            if cfg.decoder == "bernoulli":
-                nll = float(-log_p.mean())
-                return nll, float(bits_per_dim(nll, num_dims))
-            bpd = float(dequantized_bits_per_dim(log_p, num_dims).mean())
-            return bpd * num_dims * math.log(2.0), bpd
-
-        elbo_nats, elbo_bpd = nll_nats_and_bpd(elbo)
-        nll_nats, nll_bpd = nll_nats_and_bpd(lk)
-        return {"test_elbo": -elbo_nats, "test_elbo_bits_per_dim": elbo_bpd,
-                "test_log_px_z": float(np.concatenate(log_px_z).mean()), "test_kl": float(np.concatenate(kl).mean()),
-                "test_nll": nll_nats, "test_nll_bits_per_dim": nll_bpd,
-                "eval_k": float(cfg.eval_k), "eval_images": float(n)}
-
-
-@register
-class ConvVAERecipe(VAERecipe):
-    name = "conv-vae"
-    Config = ConvVAEConfig
-    description = "convolutional VAE (strided convs / transposed convs), notes §2"
-
-
-@register
-class CVAERecipe(VAERecipe):
-    name = "cvae"
-    Config = VAEConfig
-    description = "conditional VAE: q(z|x,y), p(x|z,y) with one-hot labels, notes §4"
-    conditional = True
+    then one step of ``opt`` on encoder and decoder together.  x (B, C, H, W)
+    observed images (binarized or dequantized); y one-hot (B, K) or None.
+    Returns {"loss": -bound, and for the ELBO its two terms "log_px_z", "kl"}.
+    """
+    opt.zero_grad()
+    if objective == "iwae":
+        loss = -model.iwae_bound(x, y, iwae_k, generator).mean()
+        terms = {}
+    else:
+        out = model.elbo(x, y, generator, kl=kl, beta=beta)
+        loss = -out.elbo.mean()
+        terms = {"log_px_z": out.log_px_z.mean(), "kl": out.kl.mean()}
+    loss.backward()
+    opt.step()
+    return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}

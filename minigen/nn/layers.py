@@ -47,6 +47,18 @@ def _pair(value, name):
     return tuple(int(v) for v in pair)
 
 
+def _check_sizes(layer, minimum=1, **sizes):
+    """Refuse a size (an int or a pair of ints) below ``minimum``, naming the layer and the argument.
+
+    Called first in a layer's constructor: a zero kernel or width would otherwise
+    surface as a ZeroDivisionError from the init's 1/sqrt(fan_in).
+    """
+    for name, value in sizes.items():
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if any(isinstance(v, (int, float, np.integer, np.floating)) and v < minimum for v in values):
+            raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value!r}")
+
+
 def _reset_pytorch_default(weight, bias, generator):
     """PyTorch's default init of Linear/Conv layers: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both."""
     init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
@@ -66,6 +78,7 @@ class Linear(Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  generator=None):
         super().__init__()
+        _check_sizes("Linear", in_features=in_features, out_features=out_features)
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight = _new_parameter((out_features, in_features), device, dtype)
         self.register_parameter("bias", _new_parameter((out_features,), device, dtype) if bias else None)
@@ -96,6 +109,10 @@ class Conv2d(Module):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
                  generator=None):
         super().__init__()
+        _check_sizes("Conv2d", in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
+                     stride=stride, dilation=dilation, groups=groups)
+        if not isinstance(padding, str):
+            _check_sizes("Conv2d", 0, padding=padding)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
                              f"must both be divisible by groups ({groups})")
@@ -166,6 +183,9 @@ class ConvTranspose2d(Module):
                  output_padding=0, groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros",
                  device=None, dtype=None, generator=None):
         super().__init__()
+        _check_sizes("ConvTranspose2d", in_channels=in_channels, out_channels=out_channels,
+                     kernel_size=kernel_size, stride=stride, dilation=dilation, groups=groups)
+        _check_sizes("ConvTranspose2d", 0, padding=padding, output_padding=output_padding)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"ConvTranspose2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
                              f"must both be divisible by groups ({groups})")
@@ -215,6 +235,7 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None, generator=None):
         super().__init__()
+        _check_sizes("Embedding", num_embeddings=num_embeddings, embedding_dim=embedding_dim)
         self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
         self.weight = _new_parameter((num_embeddings, embedding_dim), device, dtype)
         self.reset_parameters(generator)

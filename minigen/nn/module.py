@@ -23,6 +23,7 @@ pickle, so a file can never run code.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import zipfile
 
@@ -32,7 +33,7 @@ from .. import backend
 from ..checkpoint import atomic_write_bytes
 from ..autograd import Tensor
 
-__all__ = ["Parameter", "Module", "Sequential", "ModuleList", "ModuleDict", "IncompatibleKeys"]
+__all__ = ["Parameter", "Module", "Sequential", "ModuleList", "ModuleDict", "IncompatibleKeys", "eval_mode"]
 
 
 class Parameter(Tensor):
@@ -255,33 +256,18 @@ class Module:
     def train(self, mode: bool = True):
         """Set training mode on this module and all descendants; returns self.
 
-        Also usable as a context manager that restores the previous modes:
-        ``with model.eval(): ...``.
+        A plain setter (as in PyTorch).  To switch to evaluation for a block and
+        restore the modes afterwards, use ``with nn.eval_mode(model): ...``.
         """
         if not isinstance(mode, bool):
             raise TypeError(f"train(mode): mode must be a bool, got {type(mode).__name__}")
-        object.__setattr__(self, "_modes_before", [m.training for m in self.modules()])
-        self._set_mode(mode)
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
         return self
-
-    def _set_mode(self, mode):
-        object.__setattr__(self, "training", mode)
-        for child in self.children():
-            child._set_mode(mode)
 
     def eval(self):
-        """Evaluation mode: Dropout is off, BatchNorm uses its running statistics."""
+        """Evaluation mode: Dropout is off, BatchNorm uses its running statistics.  Returns self."""
         return self.train(False)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        before = self.__dict__.pop("_modes_before", None)
-        if before is not None:
-            for m, mode in zip(list(self.modules()), before):
-                object.__setattr__(m, "training", mode)
-        return False
 
     def requires_grad_(self, requires_grad: bool = True):
         """Freeze (False) or unfreeze (True) every parameter; returns self."""
@@ -367,8 +353,8 @@ class Module:
     def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
         """Copy values from ``state_dict`` (Tensors or arrays) into the module's tensors in place.
 
-        Every key and shape is checked before anything is copied, so a failed
-        load leaves the module as it was.  ``strict=True`` (default) refuses
+        Every key, shape and dtype is checked, and every value converted, before
+        anything is copied, so a failed load leaves the module as it was.  ``strict=True`` (default) refuses
         missing and unexpected keys; shape mismatches are always refused.
         Returns ``(missing_keys, unexpected_keys)``.
         """
@@ -391,16 +377,22 @@ class Module:
             if not hasattr(value, "shape"):  # a Python number or list
                 value = np.asarray(value)
             shape = tuple(value.shape)
+            kind = getattr(getattr(value, "dtype", None), "kind", "O")
             if shape != t.shape:
                 problems.append(f"shape mismatch for {key!r}: the file has {shape}, "
                                 f"the module has {tuple(t.shape)}")
+            elif kind not in "biuf":
+                problems.append(f"{key!r} holds {getattr(value, 'dtype', type(value).__name__)}, not numbers")
             else:
-                values[key] = value
+                # convert every entry before the first copy: a failure here leaves the module untouched
+                try:
+                    values[key] = backend.to_device(value, t.device).astype(t.dtype, copy=False)
+                except (TypeError, ValueError) as exc:
+                    problems.append(f"{key!r} cannot be converted to {t.dtype} on {t.device}: {exc}")
         if problems:
             raise RuntimeError(f"load_state_dict into {type(self).__name__} failed:\n  " + "\n  ".join(problems))
         for key, value in values.items():
-            t = mine[key]
-            t.data[...] = backend.to_device(value, t.device).astype(t.dtype, copy=False)
+            mine[key].data[...] = value
         return IncompatibleKeys(missing, unexpected)
 
     def save(self, path) -> None:
@@ -449,6 +441,28 @@ class Module:
 # ----------------------------------------------------------------------------
 # containers
 # ----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def eval_mode(*modules):
+    """``with nn.eval_mode(model): ...`` runs the block in evaluation mode, then restores every mode.
+
+    Each submodule gets back the mode it had before (a partly frozen model stays
+    partly frozen), also when the block raises.  Several modules may be given:
+    ``with nn.eval_mode(G, D):``.  Gradients are still recorded; combine with
+    ``mg.no_grad()`` for inference.
+    """
+    for module in modules:
+        if not isinstance(module, Module):
+            raise TypeError(f"eval_mode: expected nn.Module objects, got {type(module).__name__}")
+    before = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield modules[0] if len(modules) == 1 else modules
+    finally:
+        for m, mode in before:
+            object.__setattr__(m, "training", mode)
+
 
 class Sequential(Module):
     """Modules applied one after another: ``Sequential(a, b, c)(x) = c(b(a(x)))``.

@@ -6,15 +6,14 @@ and the two denoisers.
                   in bits/dim, ancestral (DDPM) and DDIM sampling, classifier-free guidance (§5.1-5.5)
     unet.py       the UNet denoiser with a sinusoidal time embedding (§5.6)
     dit.py        the DiT denoiser: patches as tokens, adaLN-Zero conditioning (§5.6)
-    recipes.py    the command-line families ddpm, dit, cddpm, cdit (§5.4 training)
 
-Read them in that order.
+Read them in the order schedule, ddpm (up to its training step, Algorithm 1 of Ho et al.), unet,
+dit.  The command-line families ddpm, dit, cddpm and cdit are in ``minigen/families/diffusion.py``.
 """
 from .schedule import DiffusionSchedule, extract, make_beta_schedule
-from .ddpm import GaussianDiffusion
 from .unet import UNet, timestep_embedding
 from .dit import DiT
-from . import recipes
+from .ddpm import DiffusionConfig, GaussianDiffusion, build_denoiser, train_step
 
 __all__ = ["DiffusionSchedule", "extract", "make_beta_schedule", "GaussianDiffusion", "UNet", "DiT",
-           "timestep_embedding", "recipes"]
+           "timestep_embedding", "DiffusionConfig", "build_denoiser", "train_step"]

@@ -75,16 +75,20 @@ from __future__ import annotations
 
 import math
 from collections import namedtuple
+from dataclasses import dataclass
 
 import numpy as np
 
-from ... import backend
+from ... import backend, optim
 from ... import functional as F
 from ...autograd import Tensor, no_grad
-from .schedule import SCHEDULES, DiffusionSchedule, extract
+from ...distributions import gaussian_kl
+from .dit import DiT
+from .schedule import SCHEDULES, DiffusionSchedule
+from .unet import UNet
 
 __all__ = ["GaussianDiffusion", "ModelPrediction", "normal_kl", "discretized_gaussian_log_likelihood",
-           "OBJECTIVES", "LOSS_TYPES", "VARIANCES"]
+           "OBJECTIVES", "LOSS_TYPES", "VARIANCES", "DiffusionConfig", "build_denoiser", "train_step"]
 
 OBJECTIVES = ("eps", "x0", "v")
 LOSS_TYPES = ("simple", "vlb")
@@ -95,7 +99,8 @@ ModelPrediction = namedtuple("ModelPrediction", ["eps", "x0"])
 
 
 # ----------------------------------------------------------------------------
-# the two densities of the bound
+# the two densities of the bound: the KL of two Gaussians (``gaussian_kl``, shared with
+# the VAE) and the discretized Gaussian decoder
 # ----------------------------------------------------------------------------
 
 def _as_tensors(op, *values):
@@ -114,19 +119,6 @@ def _as_tensors(op, *values):
                                   dtype=ref.dtype))
         out.append(v)
     return out, any_tensor
-
-
-def normal_kl(mean1, logvar1, mean2, logvar2):
-    """KL( N(mean1, e^logvar1) || N(mean2, e^logvar2) ) elementwise, in nats.
-
-    KL = 0.5 (logvar2 - logvar1 + e^(logvar1 - logvar2) + (mean1 - mean2)^2 e^(-logvar2) - 1).
-    Arguments broadcast; any may be a Tensor (result a Tensor, differentiable), an
-    array or a number (all arrays: result an array).
-    """
-    (m1, lv1, m2, lv2), any_tensor = _as_tensors("normal_kl", mean1, logvar1, mean2, logvar2)
-    d = m1 - m2
-    kl = 0.5 * (lv2 - lv1 + F.exp(lv1 - lv2) + d * d * F.exp(-lv2) - 1.0)
-    return kl if any_tensor else kl.data
 
 
 def _standard_normal_cdf(z):
@@ -205,6 +197,7 @@ class GaussianDiffusion:
             first = s.posterior_variance[1] if self.T > 1 else s.betas[0]
             self.model_log_variance = np.log(np.append(first, s.betas[1:]))
         self.model_variance = np.exp(self.model_log_variance)
+        self._tables = {}   # (name, device, dtype) -> the coefficient table on that device (see _coef)
 
     def __repr__(self):
         return (f"GaussianDiffusion(T={self.T}, objective={self.objective!r}, loss_type={self.loss_type!r}, "
@@ -257,22 +250,30 @@ class GaussianDiffusion:
             raise ValueError(f"GaussianDiffusion.{op}: labels y must be integers of shape ({batch},), got {what}")
         return Tensor(backend.to_device(data.astype(np.int64, copy=False), device))
 
-    def _coef(self, a, t, x):
-        """Schedule array a at t, in x's dtype, shaped to broadcast against x: (B, 1, ..., 1)."""
-        return extract(a, t, x.shape, dtype=x.dtype)
+    def _coef(self, name, t, x):
+        """The coefficient table ``name`` at t, in x's dtype, shaped (B, 1, ..., 1) to broadcast against x.
+
+        ``name`` is a float64 array of the schedule (``sqrt_alphas_cumprod`` ...) or of this
+        diffusion (``model_log_variance``).  Each table is copied to x's device and dtype once
+        and indexed there, so no call sends t to the host.  (``extract`` is the checked,
+        stand-alone version of the same lookup.)
+        """
+        key = (name, x.device, np.dtype(x.dtype).str)
+        table = self._tables.get(key)
+        if table is None:
+            host = getattr(self, name) if name.startswith("model_") else getattr(self.schedule, name)
+            table = self._tables[key] = backend.to_device(np.asarray(host, dtype=x.dtype), x.device)
+        return Tensor(table[t.data].reshape((t.shape[0],) + (1,) * (x.ndim - 1)))
 
     # --- forward process (§5.1) ------------------------------------------------------------------
     def q_sample(self, x0, t, noise):
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise, a draw of q(x_t | x_0) (§5.1).
 
-        x0, noise (B, ...); t int (B,).  Differentiable in x0 and noise.
+        x0, noise: Tensors (B, ...); t: int64 Tensor (B,) in [0, T), on x0's device (unchecked:
+        ``p_losses`` and the samplers check their arguments once).  Differentiable in x0 and noise.
         """
-        x0 = self._image(x0, "x0", "q_sample")
-        noise = self._image(noise, "noise", "q_sample", like=x0)
-        t = self._timesteps(t, len(x0), x0.device, "q_sample")
-        s = self.schedule
-        return (self._coef(s.sqrt_alphas_cumprod, t, x0) * x0
-                + self._coef(s.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+        return (self._coef("sqrt_alphas_cumprod", t, x0) * x0
+                + self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * noise)
 
     def q_mean_variance(self, x0, t):
         """q(x_t | x_0) = N(mean, variance): (sqrt(alpha_bar_t) x_0, 1 - alpha_bar_t, log(1 - alpha_bar_t)).
@@ -281,10 +282,9 @@ class GaussianDiffusion:
         """
         x0 = self._image(x0, "x0", "q_mean_variance")
         t = self._timesteps(t, len(x0), x0.device, "q_mean_variance")
-        s = self.schedule
-        mean = self._coef(s.sqrt_alphas_cumprod, t, x0) * x0
-        return (mean, self._coef(s.sqrt_one_minus_alphas_cumprod ** 2, t, x0),
-                self._coef(s.log_one_minus_alphas_cumprod, t, x0))
+        mean = self._coef("sqrt_alphas_cumprod", t, x0) * x0
+        return (mean, 1.0 - self._coef("alphas_cumprod", t, x0),
+                self._coef("log_one_minus_alphas_cumprod", t, x0))
 
     def q_posterior_mean_variance(self, x0, x_t, t):
         """q(x_{t-1} | x_t, x_0) = N(coef1_t x_0 + coef2_t x_t, beta~_t I) (§5.2).
@@ -298,41 +298,35 @@ class GaussianDiffusion:
         return self._posterior(x0, x_t, t)
 
     def _posterior(self, x0, x_t, t):
-        s = self.schedule
-        mean = self._coef(s.posterior_mean_coef1, t, x_t) * x0 + self._coef(s.posterior_mean_coef2, t, x_t) * x_t
-        return (mean, self._coef(s.posterior_variance, t, x_t),
-                self._coef(s.posterior_log_variance_clipped, t, x_t))
+        mean = self._coef("posterior_mean_coef1", t, x_t) * x0 + self._coef("posterior_mean_coef2", t, x_t) * x_t
+        return (mean, self._coef("posterior_variance", t, x_t),
+                self._coef("posterior_log_variance_clipped", t, x_t))
 
     # --- eps, x0 and v (§5.2, §5.3) ------------------------------------------------------------
     def predict_x0_from_eps(self, x_t, t, eps):
         """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
-        s = self.schedule
-        return (self._coef(s.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-                - self._coef(s.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+        return (self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+                - self._coef("sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
 
     def predict_eps_from_x0(self, x_t, t, x0):
         """eps = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t)."""
-        s = self.schedule
-        return ((self._coef(s.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0)
-                / self._coef(s.sqrt_recipm1_alphas_cumprod, t, x_t))
+        return ((self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0)
+                / self._coef("sqrt_recipm1_alphas_cumprod", t, x_t))
 
     def predict_v(self, x0, t, eps):
         """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0 (Salimans & Ho 2022)."""
-        s = self.schedule
-        return (self._coef(s.sqrt_alphas_cumprod, t, x0) * eps
-                - self._coef(s.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+        return (self._coef("sqrt_alphas_cumprod", t, x0) * eps
+                - self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * x0)
 
     def predict_x0_from_v(self, x_t, t, v):
         """x0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v."""
-        s = self.schedule
-        return (self._coef(s.sqrt_alphas_cumprod, t, x_t) * x_t
-                - self._coef(s.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
+        return (self._coef("sqrt_alphas_cumprod", t, x_t) * x_t
+                - self._coef("sqrt_one_minus_alphas_cumprod", t, x_t) * v)
 
     def predict_eps_from_v(self, x_t, t, v):
         """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v."""
-        s = self.schedule
-        return (self._coef(s.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
-                + self._coef(s.sqrt_alphas_cumprod, t, x_t) * v)
+        return (self._coef("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
+                + self._coef("sqrt_alphas_cumprod", t, x_t) * v)
 
     # --- the denoiser ------------------------------------------------------------------------------
     def _call(self, model, x_t, t, y, op):
@@ -382,7 +376,10 @@ class GaussianDiffusion:
         x_t = self._image(x_t, "x_t", "model_predictions")
         t = self._timesteps(t, len(x_t), x_t.device, "model_predictions")
         y = self._labels(y, len(x_t), x_t.device, "model_predictions")
-        out = self._model_output(model, x_t, t, y, guidance_scale, "model_predictions")
+        return self._predictions(model, x_t, t, y, guidance_scale, clip_denoised, "model_predictions")
+
+    def _predictions(self, model, x_t, t, y, guidance_scale, clip_denoised, op):
+        out = self._model_output(model, x_t, t, y, guidance_scale, op)
         if self.objective == "eps":
             eps, x0 = out, self.predict_x0_from_eps(x_t, t, out)
         elif self.objective == "x0":
@@ -403,10 +400,14 @@ class GaussianDiffusion:
         """
         x_t = self._image(x_t, "x_t", "p_mean_variance")
         t = self._timesteps(t, len(x_t), x_t.device, "p_mean_variance")
-        pred = self.model_predictions(model, x_t, t, y, guidance_scale, clip_denoised)
+        y = self._labels(y, len(x_t), x_t.device, "p_mean_variance")
+        return self._p_mean_variance(model, x_t, t, y, guidance_scale, clip_denoised, "p_mean_variance")
+
+    def _p_mean_variance(self, model, x_t, t, y, guidance_scale, clip_denoised, op):
+        pred = self._predictions(model, x_t, t, y, guidance_scale, clip_denoised, op)
         mean, _, _ = self._posterior(pred.x0, x_t, t)
-        return dict(mean=mean, variance=self._coef(self.model_variance, t, mean),
-                    log_variance=self._coef(self.model_log_variance, t, mean), pred_x0=pred.x0)
+        return dict(mean=mean, variance=self._coef("model_variance", t, mean),
+                    log_variance=self._coef("model_log_variance", t, mean), pred_x0=pred.x0)
 
     # --- training (§5.4) -------------------------------------------------------------------------
     def _vb_terms(self, x0, x_t, t, pred_x0):
@@ -416,8 +417,8 @@ class GaussianDiffusion:
         """
         true_mean, _, true_log_var = self._posterior(x0, x_t, t)
         model_mean, _, _ = self._posterior(pred_x0, x_t, t)
-        model_log_var = self._coef(self.model_log_variance, t, x_t)
-        kl = _mean_over_dims(normal_kl(true_mean, true_log_var, model_mean, model_log_var))
+        model_log_var = self._coef("model_log_variance", t, x_t)
+        kl = _mean_over_dims(gaussian_kl(true_mean, true_log_var, model_mean, model_log_var))
         nll = -_mean_over_dims(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var))
         return F.where(t.data == 0, nll, kl)
 
@@ -429,14 +430,17 @@ class GaussianDiffusion:
         and its target (eps, x0 or v); "vlb": the mean over the batch of the bound's term at each
         image's t (nats/dim; T times it estimates the bound without L_T).
         """
+        # the door: every argument is checked here, once; the formulas below trust them
         x0 = self._image(x0, "x0", "p_losses")
         generator = generator or backend.default_generator(x0.device)
-        if t is None:
-            t = backend.to_device(generator.integers(0, self.T, shape=(len(x0),)), x0.device)
-        t = self._timesteps(t, len(x0), x0.device, "p_losses")
+        if t is None:   # drawn in range on the device: nothing to check, nothing copied to the host
+            t = Tensor(backend.to_device(generator.integers(0, self.T, shape=(len(x0),)), x0.device))
+        else:
+            t = self._timesteps(t, len(x0), x0.device, "p_losses")
         if noise is None:
             noise = Tensor(backend.to_device(generator.normal(x0.shape, dtype=self.dtype), x0.device))
-        noise = self._image(noise, "noise", "p_losses", like=x0)
+        else:
+            noise = self._image(noise, "noise", "p_losses", like=x0)
         y = self._labels(y, len(x0), x0.device, "p_losses")
         x_t = self.q_sample(x0, t, noise)
         out = self._call(model, x_t, t, y, "p_losses")
@@ -478,14 +482,14 @@ class GaussianDiffusion:
         with no_grad():
             x0_64 = x0.astype(np.float64)
             last = Tensor(xp.full(b, self.T - 1, dtype=np.int64))
-            prior = normal_kl(self._coef(s.sqrt_alphas_cumprod, last, x0_64) * x0_64,
-                              self._coef(s.log_one_minus_alphas_cumprod, last, x0_64), 0.0, 0.0)
+            prior = gaussian_kl(self._coef("sqrt_alphas_cumprod", last, x0_64) * x0_64,
+                              self._coef("log_one_minus_alphas_cumprod", last, x0_64), 0.0, 0.0)
             terms = []
             for step in tqdm(range(self.T), disable=not progress, desc="bits/dim", mininterval=2.0):
                 t = Tensor(xp.full(b, step, dtype=np.int64))
                 noise = Tensor(backend.to_device(generator.normal(x0.shape, dtype=self.dtype), device))
                 x_t = self.q_sample(x0, t, noise)
-                pred = self.model_predictions(model, x_t, t, y)
+                pred = self._predictions(model, x_t, t, y, 1.0, False, "bpd")
                 terms.append(self._vb_terms(x0_64, x_t.astype(np.float64), t, pred.x0.astype(np.float64)).data)
             vb = backend.to_numpy(xp.stack(terms, axis=1)) / LN2                      # (B, T)
             prior = backend.to_numpy(_mean_over_dims(prior).data) / LN2                 # (B,)
@@ -537,7 +541,7 @@ class GaussianDiffusion:
                 if record is not None and i % record == 0:
                     trajectory.append((step, self._host(x)))
                 t = Tensor(xp.full(len(x), step, dtype=np.int64))
-                out = self.p_mean_variance(model, x, t, y, guidance_scale, clip_denoised)
+                out = self._p_mean_variance(model, x, t, y, guidance_scale, clip_denoised, "sample")
                 x = out["mean"]
                 if step > 0:
                     z = Tensor(backend.to_device(generator.normal(x.shape, dtype=self.dtype), generator.device))
@@ -573,7 +577,7 @@ class GaussianDiffusion:
                 if record is not None and i % record == 0:
                     trajectory.append((step, self._host(x)))
                 t = Tensor(xp.full(len(x), step, dtype=np.int64))
-                pred = self.model_predictions(model, x, t, y, guidance_scale, clip_denoised)
+                pred = self._predictions(model, x, t, y, guidance_scale, clip_denoised, "ddim_sample")
                 ab, ab_prev = ac[step], (ac[seq[i + 1]] if i + 1 < len(seq) else 1.0)
                 sigma = eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
                 # 1 - ab_prev - sigma^2 >= 0 for eta <= 1 (= 0 at eta = 1 on the last step); rounding can
@@ -584,3 +588,117 @@ class GaussianDiffusion:
                     z = Tensor(backend.to_device(generator.normal(x.shape, dtype=self.dtype), generator.device))
                     x = x + sigma * z
         return self._finish(x, trajectory, record)
+
+
+# ----------------------------------------------------------------------------
+# the settings a run chooses, the denoiser they describe, and one training step
+# ----------------------------------------------------------------------------
+
+@dataclass
+class DiffusionConfig:
+    """The diffusion process, the denoiser and the sampler (the run options live in
+    ``minigen.families.diffusion``)."""
+
+    denoiser: str = "unet"            # "unet" (notes §5.6, UNet) or "dit" (notes §5.6, transformer on patches)
+    schedule: str = "linear"          # beta schedule: "linear" (1e-4 -> 0.02), "cosine" or "sigmoid"
+    T: int = 1000                     # diffusion steps
+    objective: str = "eps"            # what the net predicts: "eps" (§5.3), "x0" (§5.2) or "v"
+    loss_type: str = "simple"         # "simple" (unweighted MSE, L_simple) or "vlb" (the bound's weights)
+    variance: str = "fixed_small"     # reverse-step variance: "fixed_small" (posterior) or "fixed_large" (beta_t)
+    base_channels: int = 32           # UNet: channels at full resolution
+    channel_mults: tuple = (1, 2, 2)  # UNet: channel multiplier per resolution level
+    time_dim: int = 128               # UNet: width of the time embedding
+    dropout: float = 0.0              # UNet: dropout inside the residual blocks
+    patch_size: int = 4               # DiT: patch side (28 / 4 = 7 -> 49 tokens)
+    dim: int = 128                    # DiT: token width
+    depth: int = 4                    # DiT: transformer blocks
+    heads: int = 4                    # DiT: attention heads
+    label_dropout: float = 0.1        # conditional: probability a label is replaced by the null label in training
+    guidance_scale: float = 2.0       # conditional: guidance scale s for samples (1 = no guidance)
+    sampler: str = "ddim"             # for grids and eval samples: "ddim" or "ddpm" (ancestral, all T steps)
+    sample_steps: int = 100           # DDIM steps
+    eta: float = 0.0                  # DDIM eta (0: deterministic; 1: ancestral-like noise)
+
+    def validate(self):
+        """Raise ValueError naming the first impossible setting."""
+        choices = {"denoiser": ("unet", "dit"), "schedule": SCHEDULES, "objective": OBJECTIVES,
+                   "loss_type": LOSS_TYPES, "variance": VARIANCES, "sampler": ("ddim", "ddpm")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"config: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("T", "base_channels", "time_dim", "patch_size", "dim", "depth", "heads", "sample_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)}")
+        if not self.channel_mults or min(self.channel_mults) < 1:
+            raise ValueError(f"config: channel_mults must be positive integers, got {self.channel_mults}")
+        if self.sample_steps > self.T:
+            raise ValueError(f"config: sample_steps ({self.sample_steps}) cannot exceed T ({self.T})")
+        if self.dim % self.heads:
+            raise ValueError(f"config: dim ({self.dim}) must be divisible by heads ({self.heads})")
+        for name in ("label_dropout", "dropout", "eta"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"config: {name} must lie in [0, 1], got {getattr(self, name)}")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"config: guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
+
+
+def build_denoiser(config, image_shape, num_classes=None, generator=None):
+    """The UNet or DiT a ``DiffusionConfig`` describes, for images of ``image_shape`` (C, H, W)."""
+    c, h, w = image_shape
+    if config.denoiser == "unet":
+        levels = len(config.channel_mults)
+        if h % 2 ** (levels - 1) or w % 2 ** (levels - 1):
+            raise ValueError(f"config: {h}x{w} images cannot be halved {levels - 1} times "
+                             f"(channel_mults={config.channel_mults})")
+        return UNet(in_channels=c, base_channels=config.base_channels, channel_mults=tuple(config.channel_mults),
+                    time_dim=config.time_dim, num_classes=num_classes, dropout=config.dropout, generator=generator)
+    if h != w or h % config.patch_size:
+        raise ValueError(f"config: DiT needs square images divisible by patch_size={config.patch_size}, "
+                         f"got {h}x{w}")
+    return DiT(image_size=h, in_channels=c, patch_size=config.patch_size, dim=config.dim, depth=config.depth,
+               heads=config.heads, num_classes=num_classes, generator=generator)
+
+
+def drop_labels(y, p, null_label, generator):
+    """Classifier-free guidance's training labels: each label replaced by ``null_label`` with probability p.
+
+    y: int64 Tensor (B,) on the generator's device -> the same, some entries set to null_label.
+    """
+    drop = generator.uniform((len(y),)) < p                                     # (B,) on y's device
+    xp = backend.xp_of(y.data)
+    return Tensor(xp.where(backend.to_device(drop, y.device), null_label, y.data).astype(np.int64))
+
+
+def train_step(diffusion, net, opt, x0, y=None, generator=None, label_dropout=0.0, grad_clip=0.0,
+               lr_scheduler=None, ema=None):
+    """One training step, Algorithm 1 of Ho et al. (2020) (notes §5.4):
+
+        x0 ~ data (scaled to [-1, 1]),  t ~ U{0, ..., T-1},  eps ~ N(0, I),
+        x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,
+        loss = || target - net(x_t, t, y) ||^2        (target: eps, x0 or v; ``diffusion.p_losses``),
+
+    then a gradient step of ``opt`` (the gradient's global norm clipped at ``grad_clip``
+    when > 0), one step of the learning-rate schedule and one update of the weights'
+    moving average ``ema`` (samples use the average).  With labels y (B,) and
+    ``label_dropout`` p > 0 each label is first replaced by the null label
+    ``net.num_classes`` with probability p, so one network learns both the conditional
+    and the unconditional prediction (classifier-free guidance, Ho & Salimans 2022).
+    Returns {"loss", "lr" (the rate this step used), "grad_norm" (before clipping, if clipped)}.
+    """
+    if y is not None and label_dropout > 0:
+        y = drop_labels(y, label_dropout, net.num_classes, generator)
+    opt.zero_grad()
+    loss = diffusion.p_losses(net, x0, y=y, generator=generator)
+    loss.backward()
+    logs = {"loss": loss.item(), "lr": opt.param_groups[0]["lr"]}
+    if grad_clip:
+        logs["grad_norm"] = optim.clip_grad_norm_(net.parameters(), grad_clip).item()
+    opt.step()
+    if lr_scheduler is not None:
+        lr_scheduler.step()
+    if ema is not None:
+        ema.update()
+    return logs
+
+
+normal_kl = gaussian_kl   # the name this module used before the one Gaussian KL; kept while callers move over

@@ -27,7 +27,7 @@ sampling time (Ho & Salimans 2022):
     eps = eps(x, t, null) + s * (eps(x, t, y) - eps(x, t, null)).
 
 The default ``UNet()`` is exactly the network of benchmark W3
-(../shared/bench/WORKLOADS.md), 641,249 parameters for 1x28x28 digits:
+(defined in benchmarks/README.md), 641,249 parameters for 1x28x28 digits:
 
     temb = Linear(128,128) - SiLU - Linear(128,128) of timestep_embedding(t, 128)
     h1 = Res(32,32)(Conv3x3(1,32)(x))          32@28   (skip)
@@ -210,16 +210,17 @@ class Up(nn.Conv2d):
 class UNet(nn.Module):
     """eps_theta(x_t, t, y): a U-Net denoiser (notes §5.6; Ho et al. 2020).
 
-    Levels.  ``channel_mults`` gives one level per entry; level i (1-based) works at
-    resolution H / 2^(i-1) with c_i = base_channels * channel_mults[i-1] channels:
+    Levels.  ``channel_mults`` gives one level per entry; level j (0-based) works at
+    resolution H / 2^j with c_j = base_channels * channel_mults[j] channels:
 
-        encoder  h = Conv3x3(x) (base_channels);  for i = 1..L:  [Down_{i-1}]  h_i = Res_i(h)   (skip h_i)
-        middle   m = Attn(h_L)  (or m = h_L with attention=False)
-        decoder  u_L = UpRes_L(cat[m, h_L]);  for i = L-1..1:  u_i = UpRes_i(cat[Up_i(u_{i+1}), h_i])
-        output   Conv3x3(SiLU(GN(u_1)))  -> in_channels
+        encoder  h = Conv3x3(x) (base_channels);  for j = 0..L-1:  [Down]  h_j = Res(h)   (skip h_j)
+        middle   u = Attn(h_{L-1})  (or u = h_{L-1} with attention=False)
+        decoder  for j = 0..L-1, i = L-1-j:  [Up]  u = Res(cat[u, h_i])
+        output   Conv3x3(SiLU(GN(u)))  -> in_channels
 
-    Modules are named ``res{i}``, ``down{i}``, ``attn``, ``up_res{i}``, ``up{i}`` after
-    their level, so the default network has the state_dict keys of benchmark W3.
+    The encoder levels are ``downs[j]`` (``.down`` from j = 1 on, ``.res``), the decoder
+    levels ``ups[j]`` (``.up`` from j = 1 on, ``.res``), created in the order of
+    benchmark W3, whose twin uses the same state_dict keys.
 
     Conditioning.  temb = Linear - SiLU - Linear of ``timestep_embedding(t, time_dim)``;
     with ``num_classes`` it gains ``label_emb(y)``, an Embedding with num_classes + 1
@@ -256,17 +257,29 @@ class UNet(nn.Module):
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes + 1, time_dim, **kw)   # row num_classes = no label
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1, **kw)
+        # encoder: downs[j] works at resolution H / 2^j; from level 1 on it first halves the image
+        self.downs = nn.ModuleList()
         c_prev = base_channels
-        for i, c in enumerate(chans, start=1):                               # encoder
-            if i > 1:
-                setattr(self, f"down{i - 1}", Down(c_prev, **kw))
-            setattr(self, f"res{i}", ResBlock(c_prev, c, **res))
+        for j, c in enumerate(chans):
+            level = nn.Module()
+            if j > 0:
+                level.down = Down(c_prev, **kw)
+            level.res = ResBlock(c_prev, c, **res)
+            self.downs.append(level)
             c_prev = c
         self.attn = AttnBlock(chans[-1], groups, **kw) if attention else None
-        setattr(self, f"up_res{L}", ResBlock(2 * chans[-1], chans[-1], **res))
-        for i in range(L - 1, 0, -1):                                        # decoder, level i = chans[i-1]
-            setattr(self, f"up{i}", Up(chans[i], **kw))
-            setattr(self, f"up_res{i}", ResBlock(chans[i] + chans[i - 1], chans[i - 1], **res))
+        # decoder: ups[j] works at resolution H / 2^(L-1-j); from level 1 on it first doubles the image,
+        # and each level's input is the skip of the encoder level at the same resolution concatenated on
+        self.ups = nn.ModuleList()
+        for j in range(L):
+            i = L - 1 - j                                                    # the encoder level it mirrors
+            level = nn.Module()
+            if j == 0:
+                level.res = ResBlock(2 * chans[-1], chans[-1], **res)
+            else:
+                level.up = Up(chans[i + 1], **kw)
+                level.res = ResBlock(chans[i + 1] + chans[i], chans[i], **res)
+            self.ups.append(level)
         self.norm_out = nn.GroupNorm(groups, chans[0])
         self.conv_out = nn.Conv2d(chans[0], in_channels, 3, padding=1, **kw)
 
@@ -281,14 +294,14 @@ class UNet(nn.Module):
             temb = temb + self.label_emb(_labels_or_null(y, B, self.num_classes, x.device))
 
         h, skips = self.conv_in(x), []                                        # (B, base, H, W)
-        for i in range(1, self.levels + 1):
-            if i > 1:
-                h = getattr(self, f"down{i - 1}")(h)                          # (B, c_{i-1}, H/2^(i-1), ..)
-            h = getattr(self, f"res{i}")(h, temb)                             # (B, c_i, H/2^(i-1), ..)
+        for j, level in enumerate(self.downs):
+            if j > 0:
+                h = level.down(h)                                             # (B, c_{j-1}, H/2^j, W/2^j)
+            h = level.res(h, temb)                                            # (B, c_j, H/2^j, W/2^j)
             skips.append(h)
-        m = self.attn(h) if self.attn is not None else h
-        u = getattr(self, f"up_res{self.levels}")(F.cat([m, skips[-1]], dim=1), temb)   # (B, c_L, ..)
-        for i in range(self.levels - 1, 0, -1):
-            up = getattr(self, f"up{i}")(u)                                   # (B, c_{i+1}, 2x res)
-            u = getattr(self, f"up_res{i}")(F.cat([up, skips[i - 1]], dim=1), temb)     # (B, c_i, ..)
+        u = self.attn(h) if self.attn is not None else h                      # (B, c_{L-1}, ..)
+        for j, level in enumerate(self.ups):
+            if j > 0:
+                u = level.up(u)                                               # doubled: the skip's resolution
+            u = level.res(F.cat([u, skips[-1 - j]], dim=1), temb)             # (B, c_i, ..), i = L-1-j
         return self.conv_out(F.silu(self.norm_out(u)))                       # (B, in_channels, H, W)

@@ -1,14 +1,16 @@
-"""PyTorch twins of the benchmark workloads: the same models and steps, for timing and checking.
+"""PyTorch twins of minigen models: the same structure, so the same ``state_dict`` keys.
 
-Every minigen workload in this folder has a twin here with the same module
-structure and attribute names, so ``state_dict`` keys agree and
-``load_minigen_weights`` can copy minigen's initial weights into the twin: both
-sides then start from identical numbers.  The benchmark times the twin in the
-same process as minigen (2 threads, see ``use_threads``) and prints the ratio;
-the ``--check`` mode compares losses and gradients of one step.
+Each twin has the module structure and attribute names of a minigen model, so
+``load_minigen_weights`` copies minigen's weights into it key by key and both
+sides compute from identical numbers.  Two users:
 
-This module is imported only when PyTorch is installed; nothing in minigen
-depends on it.  Definitions follow ../shared/bench/WORKLOADS.md.
+* the oracle tests (``tests/test_oracle_*.py``) compare outputs and gradients;
+* the benchmarks (``python -m benchmarks``, workloads W0-W5 of
+  benchmarks/README.md) time the twin in the same process as minigen (2 threads,
+  see ``use_threads``) and, with ``--check``, compare one step.
+
+There is one copy, this one: ``benchmarks`` imports it as ``tests.torch_twins``.
+Imported only when PyTorch is installed; nothing in minigen depends on it.
 """
 from __future__ import annotations
 
@@ -247,37 +249,69 @@ class AttnBlock(tnn.Module):
         return x + self.proj(h)
 
 
+class DownLevel(tnn.Module):
+    """One encoder level of the UNet: [Down (stride-2 conv)], then a ResBlock (minigen's ``downs[j]``)."""
+
+    def __init__(self, cin, cout, downsample):
+        super().__init__()
+        if downsample:
+            self.down = tnn.Conv2d(cin, cin, 3, stride=2, padding=1)
+        self.res = ResBlock(cin, cout)
+
+    def forward(self, h, temb):
+        if hasattr(self, "down"):
+            h = self.down(h)
+        return self.res(h, temb)
+
+
+class UpLevel(tnn.Module):
+    """One decoder level: [Up (nearest x2, conv)], then a ResBlock on cat[h, skip] (minigen's ``ups[j]``)."""
+
+    def __init__(self, c_below, c_skip, cout, upsample):
+        super().__init__()
+        if upsample:
+            self.up = tnn.Conv2d(c_below, c_below, 3, padding=1)
+        self.res = ResBlock(c_below + c_skip, cout)
+
+    def forward(self, h, skip, temb):
+        if hasattr(self, "up"):
+            h = self.up(TF.interpolate(h, scale_factor=2, mode="nearest"))
+        return self.res(torch.cat([h, skip], 1), temb)
+
+
 class UNet(tnn.Module):
-    def __init__(self):
+    """The W3 denoiser: minigen's ``UNet()`` with its defaults (levels of 32, 64, 64 channels).
+
+    state_dict keys follow the library: ``downs.{j}.down.*`` / ``downs.{j}.res.*``
+    (encoder level j; level 0 has no Down), ``attn.*``, ``ups.{j}.up.*`` /
+    ``ups.{j}.res.*`` (decoder, from the lowest resolution up; ups[0] has no Up).
+    """
+
+    def __init__(self, chans=(32, 64, 64)):
         super().__init__()
         self.time_fc1 = tnn.Linear(128, 128)
         self.time_fc2 = tnn.Linear(128, 128)
-        self.conv_in = tnn.Conv2d(1, 32, 3, padding=1)
-        self.res1 = ResBlock(32, 32)
-        self.down1 = tnn.Conv2d(32, 32, 3, stride=2, padding=1)
-        self.res2 = ResBlock(32, 64)
-        self.down2 = tnn.Conv2d(64, 64, 3, stride=2, padding=1)
-        self.res3 = ResBlock(64, 64)
-        self.attn = AttnBlock(64)
-        self.up_res3 = ResBlock(128, 64)
-        self.up2 = tnn.Conv2d(64, 64, 3, padding=1)
-        self.up_res2 = ResBlock(128, 64)
-        self.up1 = tnn.Conv2d(64, 64, 3, padding=1)
-        self.up_res1 = ResBlock(96, 32)
-        self.norm_out = tnn.GroupNorm(8, 32)
-        self.conv_out = tnn.Conv2d(32, 1, 3, padding=1)
+        self.conv_in = tnn.Conv2d(1, chans[0], 3, padding=1)
+        c_in = [chans[0]] + list(chans[:-1])                                  # what each level receives
+        self.downs = tnn.ModuleList([DownLevel(c_in[j], chans[j], j > 0) for j in range(len(chans))])
+        self.attn = AttnBlock(chans[-1])
+        L = len(chans)
+        self.ups = tnn.ModuleList(
+            [UpLevel(chans[-1], chans[-1], chans[-1], False)] +
+            [UpLevel(chans[L - j], chans[L - j - 1], chans[L - j - 1], True) for j in range(1, L)])
+        self.norm_out = tnn.GroupNorm(8, chans[0])
+        self.conv_out = tnn.Conv2d(chans[0], 1, 3, padding=1)
 
     def forward(self, x, t):
         temb = self.time_fc2(TF.silu(self.time_fc1(timestep_embedding(t))))
-        h1 = self.res1(self.conv_in(x), temb)
-        h2 = self.res2(self.down1(h1), temb)
-        h3 = self.res3(self.down2(h2), temb)
-        u3 = self.up_res3(torch.cat([self.attn(h3), h3], 1), temb)
-        up = self.up2(TF.interpolate(u3, scale_factor=2, mode="nearest"))
-        u2 = self.up_res2(torch.cat([up, h2], 1), temb)
-        up = self.up1(TF.interpolate(u2, scale_factor=2, mode="nearest"))
-        u1 = self.up_res1(torch.cat([up, h1], 1), temb)
-        return self.conv_out(TF.silu(self.norm_out(u1)))
+        h, skips = self.conv_in(x), []
+        for level in self.downs:
+            h = level(h, temb)
+            skips.append(h)
+        u = self.ups[0](self.attn(h), skips[-1], temb)
+        for j, level in enumerate(self.ups[1:], start=1):
+            u = level(u, skips[-1 - j], temb)
+        return self.conv_out(TF.silu(self.norm_out(u)))
 
 
 def ddpm_schedule(device="cpu", T=1000):
