@@ -76,6 +76,15 @@ def _join(tree, arrays):
     return tree
 
 
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write_bytes(path, write_fn):
     """Call ``write_fn(file)`` on a temp file beside ``path``, then rename it into place."""
     path = os.fspath(path)
@@ -87,6 +96,7 @@ def atomic_write_bytes(path, write_fn):
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; every run file gets the usual permissions
         os.replace(tmp, path)  # the atomic step: readers see the old file or the new one
     except BaseException:
         try:

@@ -224,3 +224,8 @@ def test_no_nan_in_json_files(victim):
     from minigen.checkpoint import to_json
 
     assert to_json({"a": float("nan"), "b": [float("inf"), 1.0]}) == '{"a": null, "b": [null, 1.0]}'
+
+
+def test_every_run_file_has_the_same_permissions(run_dir):
+    modes = {name: os.stat(os.path.join(run_dir, name)).st_mode & 0o777 for name in os.listdir(run_dir)}
+    assert len(set(modes.values())) == 1, modes
