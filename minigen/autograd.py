@@ -46,6 +46,7 @@ _grad_enabled = True
 
 
 def is_grad_enabled() -> bool:
+    """Whether ops currently record the graph (False inside ``no_grad()``)."""
     return _grad_enabled
 
 
@@ -131,26 +132,32 @@ class Tensor:
     # --- what it is --------------------------------------------------------
     @property
     def shape(self):
+        """The tuple of dimension sizes, e.g. (B, C, H, W)."""
         return self.data.shape
 
     @property
     def ndim(self):
+        """The number of dimensions."""
         return self.data.ndim
 
     @property
     def size(self):
+        """The total number of elements (a property, unlike PyTorch's ``size()``)."""
         return self.data.size
 
     @property
     def dtype(self):
+        """The NumPy dtype of the data."""
         return self.data.dtype
 
     @property
     def device(self) -> str:
+        """"cpu" or "gpu": where the data lives."""
         return backend.device_of(self.data)
 
     @property
     def is_leaf(self) -> bool:
+        """True when no op created this tensor (user data, parameters, detached tensors)."""
         return self.creator is None
 
     def __len__(self):
@@ -187,6 +194,7 @@ class Tensor:
         return self.data.reshape(()).item()
 
     def tolist(self):
+        """The values as nested Python lists (a number for a 0-d tensor)."""
         return self.numpy().tolist()
 
     def to(self, device=None, dtype=None) -> "Tensor":
@@ -199,18 +207,23 @@ class Tensor:
         return out
 
     def cpu(self):
+        """This tensor on the host, differentiably (itself if already there)."""
         return self.to("cpu")
 
     def gpu(self):
+        """This tensor on the GPU, differentiably (itself if already there)."""
         return self.to("gpu")
 
     def float(self):
+        """This tensor as float32, differentiably."""
         return self.to(dtype=np.float32)
 
     def double(self):
+        """This tensor as float64, differentiably."""
         return self.to(dtype=np.float64)
 
     def astype(self, dtype):
+        """This tensor as floating ``dtype``, differentiably."""
         return self.to(dtype=dtype)
 
     def detach(self) -> "Tensor":
@@ -232,6 +245,7 @@ class Tensor:
         return self
 
     def zero_grad(self):
+        """Forget the accumulated gradient (``.grad = None``)."""
         self.grad = None
 
     # --- autodiff ------------------------------------------------------------
@@ -309,101 +323,131 @@ class Tensor:
         return self._compare(other, lambda a, b: a >= b)
 
     def eq(self, other):
+        """Elementwise ``self == other`` as a boolean tensor, outside the graph; broadcast shape."""
         return self._compare(other, lambda a, b: a == b)
 
     def ne(self, other):
+        """Elementwise ``self != other`` as a boolean tensor, outside the graph; broadcast shape."""
         return self._compare(other, lambda a, b: a != b)
 
     # --- methods (thin wrappers, so ``x.exp().sum()`` reads like PyTorch) -----
     def exp(self):
+        """``F.exp(self, ...)`` as a method; see there for the shapes."""
         return F.exp(self)
 
     def log(self):
+        """``F.log(self, ...)`` as a method; see there for the shapes."""
         return F.log(self)
 
     def sqrt(self):
+        """``F.sqrt(self, ...)`` as a method; see there for the shapes."""
         return F.sqrt(self)
 
     def abs(self):
+        """``F.abs(self, ...)`` as a method; see there for the shapes."""
         return F.abs(self)
 
     def tanh(self):
+        """``F.tanh(self, ...)`` as a method; see there for the shapes."""
         return F.tanh(self)
 
     def sigmoid(self):
+        """``F.sigmoid(self, ...)`` as a method; see there for the shapes."""
         return F.sigmoid(self)
 
     def relu(self):
+        """``F.relu(self, ...)`` as a method; see there for the shapes."""
         return F.relu(self)
 
     def clip(self, min=None, max=None):  # noqa: A002 (PyTorch's names)
+        """``F.clip(self, min, max)`` as a method (also called ``clamp``)."""
         return F.clip(self, min, max)
 
     clamp = clip
 
     def sum(self, dim=None, keepdim=False):
+        """``F.sum(self, ...)`` as a method; see there for the shapes."""
         return F.sum(self, dim, keepdim)
 
     def mean(self, dim=None, keepdim=False):
+        """``F.mean(self, ...)`` as a method; see there for the shapes."""
         return F.mean(self, dim, keepdim)
 
     def var(self, dim=None, keepdim=False, unbiased=True):
+        """``F.var(self, ...)`` as a method; see there for the shapes."""
         return F.var(self, dim, keepdim, unbiased)
 
     def max(self, dim=None, keepdim=False):
+        """``F.max(self, ...)`` as a method; see there for the shapes."""
         return F.max(self, dim, keepdim)
 
     def min(self, dim=None, keepdim=False):
+        """``F.min(self, ...)`` as a method; see there for the shapes."""
         return F.min(self, dim, keepdim)
 
     def argmax(self, dim=None):
+        """Indices of the largest values along ``dim`` (flat index when None); an int tensor, no graph."""
         return Tensor(self.data.argmax(axis=dim))
 
     def logsumexp(self, dim=None, keepdim=False):
+        """``F.logsumexp(self, ...)`` as a method; see there for the shapes."""
         return F.logsumexp(self, dim, keepdim)
 
     def softmax(self, dim=-1):
+        """``F.softmax(self, ...)`` as a method; see there for the shapes."""
         return F.softmax(self, dim)
 
     def log_softmax(self, dim=-1):
+        """``F.log_softmax(self, ...)`` as a method; see there for the shapes."""
         return F.log_softmax(self, dim)
 
     def reshape(self, *shape):
+        """``F.reshape`` as a method; takes ints or one tuple (also called ``view``)."""
         return F.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
 
     view = reshape
 
     def flatten(self, start_dim=0, end_dim=-1):
+        """``F.flatten(self, ...)`` as a method; see there for the shapes."""
         return F.flatten(self, start_dim, end_dim)
 
     def transpose(self, dim0=None, dim1=None):
+        """``F.transpose(self, ...)`` as a method; see there for the shapes."""
         return F.transpose(self, dim0, dim1)
 
     def permute(self, *dims):
+        """``F.permute`` as a method; takes the axes as ints or one tuple."""
         return F.permute(self, dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims)
 
     @property
     def T(self):
+        """The tensor with all its axes reversed ((A, B) -> (B, A) for a matrix)."""
         return F.permute(self, tuple(reversed(range(self.ndim))))
 
     def unsqueeze(self, dim):
+        """``F.unsqueeze(self, ...)`` as a method; see there for the shapes."""
         return F.unsqueeze(self, dim)
 
     def squeeze(self, dim=None):
+        """``F.squeeze(self, ...)`` as a method; see there for the shapes."""
         return F.squeeze(self, dim)
 
     def split(self, split_size_or_sections, dim=0):
+        """``F.split(self, ...)`` as a method; see there for the shapes."""
         return F.split(self, split_size_or_sections, dim)
 
     def chunk(self, chunks, dim=0):
+        """``F.chunk(self, ...)`` as a method; see there for the shapes."""
         return F.chunk(self, chunks, dim)
 
     def broadcast_to(self, *shape):
+        """``F.broadcast_to`` as a method; takes ints or one tuple (also called ``expand``)."""
         return F.broadcast_to(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
 
     expand = broadcast_to
 
     def sum_to(self, shape):
+        """``F.sum_to(self, ...)`` as a method; see there for the shapes."""
         return F.sum_to(self, shape)
 
 
@@ -465,9 +509,11 @@ class Function:
         return out
 
     def forward(self, *xs):  # pragma: no cover - always overridden
+        """The op's outputs from raw arrays (the inputs' ``.data``): one array or a tuple of arrays."""
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
     def backward(self, *gys):  # pragma: no cover - always overridden
+        """One gradient per input from one per output (None where none), written in minigen ops."""
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
 

@@ -192,6 +192,7 @@ def set_default_device(device) -> None:
 
 
 def get_default_dtype() -> np.dtype:
+    """The floating dtype of new tensors and parameters (float32 unless set)."""
     return _default_dtype
 
 
@@ -228,6 +229,7 @@ class Generator:
 
     # state, for checkpoints -------------------------------------------------
     def get_state(self) -> dict:
+        """The stream's position as a dict of plain numbers, for checkpoints."""
         state = self._rng.bit_generator.state
         return {"bit_generator": state["bit_generator"],
                 "state": {k: int(v) for k, v in state["state"].items()},
@@ -235,6 +237,7 @@ class Generator:
                 "initial_seed": self.initial_seed}
 
     def set_state(self, state: dict) -> None:
+        """Resume the stream from a dict made by ``get_state``."""
         if state.get("bit_generator") != "PCG64":
             raise ValueError(f"not a PCG64 generator state: {state!r:.80}")
         self.initial_seed = int(state.get("initial_seed", 0))

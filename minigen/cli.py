@@ -273,6 +273,7 @@ def _cmd_zoo(args):
 
 
 def main(argv=None):
+    """``python -m minigen``: run the subcommand in ``argv`` (default sys.argv[1:]); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     from . import __version__
 

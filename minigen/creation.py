@@ -55,33 +55,40 @@ def _shape(shape):
 
 
 def zeros(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """A tensor of zeros with the given shape (ints or one tuple)."""
     xp = backend.get_array_module(device)
     return Tensor(xp.zeros(_shape(shape), dtype=_dtype(dtype)), requires_grad=requires_grad)
 
 
 def ones(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """A tensor of ones with the given shape (ints or one tuple)."""
     xp = backend.get_array_module(device)
     return Tensor(xp.ones(_shape(shape), dtype=_dtype(dtype)), requires_grad=requires_grad)
 
 
 def full(shape, value, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """A tensor of ``shape`` filled with ``value``."""
     xp = backend.get_array_module(device)
     return Tensor(xp.full(tuple(shape), value, dtype=_dtype(dtype)), requires_grad=requires_grad)
 
 
 def zeros_like(x: Tensor, dtype=None) -> Tensor:
+    """Zeros with x's shape and device (x's dtype unless ``dtype`` is given)."""
     return zeros(x.shape, dtype=dtype or x.dtype, device=x.device)
 
 
 def ones_like(x: Tensor, dtype=None) -> Tensor:
+    """Ones with x's shape and device (x's dtype unless ``dtype`` is given)."""
     return ones(x.shape, dtype=dtype or x.dtype, device=x.device)
 
 
 def full_like(x: Tensor, value, dtype=None) -> Tensor:
+    """``value`` everywhere, with x's shape and device (x's dtype unless ``dtype`` is given)."""
     return full(x.shape, value, dtype=dtype or x.dtype, device=x.device)
 
 
 def arange(start, stop=None, step=1, dtype=None, device=None) -> Tensor:
+    """The 1-d tensor start, start + step, ... below ``stop`` (``arange(n)`` counts 0..n-1)."""
     xp = backend.get_array_module(device)
     if stop is None:
         start, stop = 0, start
@@ -92,6 +99,7 @@ def arange(start, stop=None, step=1, dtype=None, device=None) -> Tensor:
 
 
 def eye(n, dtype=None, device=None) -> Tensor:
+    """The (n, n) identity matrix."""
     return Tensor(backend.get_array_module(device).eye(n, dtype=_dtype(dtype)))
 
 
@@ -128,8 +136,10 @@ def randint(low, high, shape, generator=None, device=None) -> Tensor:
 
 
 def randn_like(x: Tensor, generator=None) -> Tensor:
+    """N(0, 1) samples from ``generator`` with x's shape, dtype and device."""
     return randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def rand_like(x: Tensor, generator=None) -> Tensor:
+    """U[0, 1) samples from ``generator`` with x's shape, dtype and device."""
     return rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)

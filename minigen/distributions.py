@@ -89,10 +89,12 @@ class Distribution:
 
     @property
     def device(self):
+        """The device of the parameters ("cpu" or "gpu")."""
         return self._param.device
 
     @property
     def dtype(self):
+        """The floating dtype of the parameters."""
         return self._param.dtype
 
     def _check_value(self, value, event_shape=()):
@@ -104,16 +106,20 @@ class Distribution:
         return value
 
     def log_prob(self, value):
+        """log p(value), elementwise over the batch; value broadcasts against batch_shape (+ event shape)."""
         raise NotImplementedError
 
     def sample(self, sample_shape=(), generator=None):
+        """Draws of shape sample_shape + batch_shape from ``generator``, outside the graph."""
         raise NotImplementedError
 
     def rsample(self, sample_shape=(), generator=None):
+        """Reparameterized draws of shape sample_shape + batch_shape, differentiable in the parameters."""
         raise NotImplementedError(f"{type(self).__name__} has no reparameterized sampler (rsample); "
                                   "its samples are discrete")
 
     def entropy(self):
+        """The entropy H = -E[log p], one value per batch element (shape batch_shape)."""
         raise NotImplementedError
 
     def __repr__(self):
@@ -141,10 +147,12 @@ class Normal(Distribution):
 
     @property
     def std(self):
+        """std = exp(0.5 * logvar), shape batch_shape."""
         return F.exp(0.5 * self.logvar)
 
     @property
     def variance(self):
+        """variance = exp(logvar), shape batch_shape."""
         return F.exp(self.logvar)
 
     def rsample(self, sample_shape=(), generator=None):
@@ -154,10 +162,12 @@ class Normal(Distribution):
         return self.mean + self.std * eps
 
     def sample(self, sample_shape=(), generator=None):
+        """``rsample`` without a graph: mean + std * eps, shape sample_shape + batch_shape."""
         with no_grad():
             return self.rsample(sample_shape, generator)
 
     def log_prob(self, value):
+        """-1/2 [log 2 pi + logvar + ((x - mean) / std)^2] elementwise (notes §2.4); broadcast shape."""
         value = self._check_value(value)
         # ((x - mean) e^(-logvar/2))^2: standardise, then square.  Not / e^logvar (overflows for
         # large logvar), and not (x - mean)^2 e^(-logvar): for std < ~1e-19 in float32 e^(-logvar)
@@ -184,10 +194,12 @@ class Bernoulli(Distribution):
 
     @property
     def probs(self):
+        """p = sigmoid(logits), shape batch_shape."""
         return F.sigmoid(self.logits)
 
     @property
     def mean(self):
+        """E[x] = p, shape batch_shape."""
         return self.probs
 
     def sample(self, sample_shape=(), generator=None):
@@ -199,6 +211,7 @@ class Bernoulli(Distribution):
         return Tensor((u < p).astype(self.dtype))
 
     def log_prob(self, value):
+        """x * logits - softplus(logits) elementwise (= -BCE with logits); broadcast shape."""
         value = self._check_value(value)
         # softplus(l) = log(1 + e^l) never overflows, unlike log(sigmoid(l)) for l << 0
         return value * self.logits - F.softplus(self.logits)
@@ -225,13 +238,16 @@ class Categorical(Distribution):
 
     @property
     def log_probs(self):
+        """log p_k = log_softmax(logits) along the last axis, shape (B..., K)."""
         return F.log_softmax(self.logits, dim=-1)
 
     @property
     def probs(self):
+        """p_k = softmax(logits) along the last axis, shape (B..., K)."""
         return F.softmax(self.logits, dim=-1)
 
     def log_prob(self, value):
+        """log p(k) for integer classes ``value`` (broadcasting against the batch shape B...)."""
         v = value.data if isinstance(value, Tensor) else np.asarray(value)
         v = backend.to_device(v, self.device)
         _broadcast_shape(v.shape, self.batch_shape, "Categorical", "log_prob: the value and the batch")

@@ -427,20 +427,25 @@ class LambdaLR:
         self.step()
 
     def get_lr(self):
+        """The rates for the current step t: base_lr_i * lr_lambda_i(t), one per parameter group."""
         return [base * f(self.last_epoch) for base, f in zip(self.base_lrs, self.lr_lambdas)]
 
     def step(self):
+        """Advance t by one and write the new rates into the optimizer's groups."""
         self.last_epoch += 1
         for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
             group["lr"] = lr
 
     def get_last_lr(self):
+        """The rates the optimizer's groups hold now, one per group."""
         return [group["lr"] for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
+        """The step count t and the base rates (the lambdas themselves are not saved)."""
         return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore t and the base rates from ``state_dict`` and reapply the rates."""
         _check_state(type(self).__name__, state, ("last_epoch", "base_lrs"))
         self.last_epoch = int(state["last_epoch"])
         self.base_lrs = [float(b) for b in state["base_lrs"]]
@@ -462,6 +467,7 @@ class LinearWarmupLR(LambdaLR):
         super().__init__(optimizer, self.factor, last_epoch)
 
     def factor(self, t):
+        """The multiplier at step t: min(1, (t + 1) / warmup_steps)."""
         return min(1.0, (t + 1) / self.warmup_steps)
 
 
@@ -483,6 +489,7 @@ class CosineWarmupLR(LambdaLR):
         super().__init__(optimizer, self.factor, last_epoch)
 
     def factor(self, t):
+        """The multiplier at step t: linear warmup, then the half cosine down to min_lr_ratio."""
         if t < self.warmup_steps:
             return (t + 1) / self.warmup_steps
         s = min(1.0, (t - self.warmup_steps) / (self.total_steps - self.warmup_steps))
@@ -557,10 +564,12 @@ class ExponentialMovingAverage:
                 p.data[...] = backup[name]
 
     def state_dict(self) -> dict:
+        """Copies of the shadow weights plus decay, warmup and the update count."""
         return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,
                 "shadow": {name: backend.xp_of(s).array(s, copy=True) for name, s in self.shadow.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict``; refuses one whose parameter names differ."""
         _check_state("ExponentialMovingAverage", state, ("shadow", "decay", "warmup", "num_updates"))
         shadow = state["shadow"]
         missing, unexpected = sorted(set(self.shadow) - set(shadow)), sorted(set(shadow) - set(self.shadow))

@@ -202,10 +202,12 @@ class Run:
 
     @property
     def checkpoint_path(self):
+        """The run's checkpoint file, RUN_DIR/checkpoint.npz."""
         return os.path.join(self.run_dir, "checkpoint.npz")
 
     @property
     def log_path(self):
+        """The run's metrics log, RUN_DIR/metrics.jsonl (one JSON object per line)."""
         return os.path.join(self.run_dir, "metrics.jsonl")
 
 

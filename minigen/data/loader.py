@@ -76,6 +76,7 @@ class DataLoader:
 
     @property
     def num_rows(self):
+        """The number of examples (rows of each array) in the dataset."""
         return len(self.arrays[0])
 
     def __len__(self):

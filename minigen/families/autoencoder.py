@@ -28,6 +28,8 @@ class AutoencoderRunConfig(RunConfig, autoencoder.AutoencoderConfig):
 
 
 class AutoencoderRecipe(Recipe):
+    """``python -m minigen train autoencoder``: a deterministic autoencoder, notes §1."""
+
     name = "autoencoder"
     Config = AutoencoderRunConfig
     description = "deterministic autoencoder (MLP, conv or linear), notes §1"
@@ -78,5 +80,6 @@ class AutoencoderRecipe(Recipe):
             return self._decode_images(self.model.encode(Tensor(x).to(self.device)))
 
     def encode(self, x):
+        """Codes of host images x (B, C, H, W) in [0, 1]: a host array (B, latent_dim)."""
         with no_grad():
             return self.model.encode(Tensor(x).to(self.device)).numpy()

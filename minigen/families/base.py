@@ -132,27 +132,34 @@ class Recipe:
         self.emas = {}
 
     def prepare(self, x, y, generator):
+        """Device batch (images (B, C, H, W) in [0, 1], labels (B,)) -> ``train_step``'s inputs; identity here."""
         return x, y
 
     def train_step(self, x, y) -> dict:
+        """One optimisation step on a prepared batch; returns a dict of floats that contains ``loss``."""
         raise NotImplementedError(f"{type(self).__name__} must implement train_step")
 
     def sample(self, n, generator, labels=None) -> np.ndarray:
+        """``n`` images as a host array (n, C, H, W) in [0, 1], for class ``labels`` (n,) if given."""
         raise NotImplementedError(f"{type(self).__name__} must implement sample")
 
     def evaluate(self, x, y, generator) -> dict:
+        """Family-specific test metrics of a batch (images (B, C, H, W), labels (B,)); a dict, empty here."""
         return {}
 
     def extra_state(self) -> dict:
+        """What else besides modules/optimizers/schedulers/EMAs a resume needs (a dict); empty here."""
         return {}
 
     def load_extra_state(self, state) -> None:
+        """Restore what ``extra_state`` returned; nothing by default."""
         pass
 
     # state -------------------------------------------------------------------
     _GROUPS = ("modules", "optimizers", "schedulers", "emas")
 
     def state_dict(self):
+        """What a checkpoint holds: the state of every module, optimizer, scheduler, EMA, and ``extra_state()``."""
         out = {group: {k: obj.state_dict() for k, obj in getattr(self, group).items()} for group in self._GROUPS}
         extra = self.extra_state()
         if extra:
@@ -178,6 +185,7 @@ class Recipe:
         return state
 
     def load_state_dict(self, state):
+        """Restore a ``state_dict`` (older layouts upgraded first); refuses keys that do not match this family."""
         state = self.upgrade_state(state)
         for group in self._GROUPS:
             mine, theirs = getattr(self, group), state.get(group, {})
@@ -189,6 +197,7 @@ class Recipe:
         self.load_extra_state(state.get("extra", {}))
 
     def train(self, mode=True):
+        """Put every module in training (``mode=True``) or evaluation mode."""
         for m in self.modules.values():
             m.train(mode)
 

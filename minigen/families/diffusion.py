@@ -219,6 +219,8 @@ class DDPMRecipe(Recipe):
 
 
 class DiTRecipe(DDPMRecipe):
+    """Denoising diffusion with a DiT denoiser (Peebles & Xie 2023), notes §5.6."""
+
     name = "dit"
     Config = DiTRunConfig
     description = "denoising diffusion with a DiT (transformer on patches, adaLN-Zero), notes §5.6"
@@ -226,12 +228,16 @@ class DiTRecipe(DDPMRecipe):
 
 
 class ConditionalDDPMRecipe(DDPMRecipe):
+    """Class-conditional DDPM (UNet) sampled with classifier-free guidance, notes §4 and §5."""
+
     name = "cddpm"
     description = "class-conditional DDPM (UNet) with classifier-free guidance, notes §4 and §5"
     conditional = True
 
 
 class ConditionalDiTRecipe(DDPMRecipe):
+    """Class-conditional DiT sampled with classifier-free guidance, notes §4 and §5.6."""
+
     name = "cdit"
     Config = DiTRunConfig
     description = "class-conditional DiT with classifier-free guidance, notes §4 and §5.6"

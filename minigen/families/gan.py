@@ -134,12 +134,16 @@ class GANRecipe(Recipe):
 
 
 class DCGANRecipe(GANRecipe):
+    """DCGAN (Radford et al. 2016): strided-conv D, transposed-conv G, batch norm, notes §3.3."""
+
     name = "dcgan"
     Config = DCGANRunConfig
     description = "DCGAN: strided conv D, transposed conv G, batch norm, notes §3.3"
 
 
 class CGANRecipe(GANRecipe):
+    """Conditional GAN on class labels (Mirza & Osindero 2014), DCGAN or MLP networks, notes §4.1."""
+
     name = "cgan"
     Config = CGANRunConfig
     description = "conditional GAN on class labels (DCGAN or MLP), notes §4.1"

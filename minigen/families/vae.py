@@ -162,12 +162,16 @@ class VAERecipe(Recipe):
 
 
 class ConvVAERecipe(VAERecipe):
+    """The VAE with a convolutional encoder and decoder, notes §2."""
+
     name = "conv-vae"
     Config = ConvVAERunConfig
     description = "convolutional VAE (strided convs / transposed convs), notes §2"
 
 
 class CVAERecipe(VAERecipe):
+    """Conditional VAE: q(z|x, y) and p(x|z, y) with one-hot labels y, notes §4."""
+
     name = "cvae"
     Config = VAERunConfig
     description = "conditional VAE: q(z|x,y), p(x|z,y) with one-hot labels, notes §4"

@@ -133,6 +133,8 @@ class Div(Function):
 
 
 class Neg(Function):
+    """y = -x;  dx = -gy."""
+
     def forward(self, x):
         return -x
 
@@ -173,22 +175,27 @@ class Pow(Function):
 
 
 def add(a, b):
+    """a + b elementwise, broadcasting (either may be a Python number); shape = the broadcast shape."""
     return Add()(a, b)
 
 
 def sub(a, b):
+    """a - b elementwise, broadcasting; shape = the broadcast shape."""
     return Sub()(a, b)
 
 
 def mul(a, b):
+    """a * b elementwise, broadcasting; shape = the broadcast shape."""
     return Mul()(a, b)
 
 
 def div(a, b):
+    """a / b elementwise, broadcasting; shape = the broadcast shape."""
     return Div()(a, b)
 
 
 def neg(x):
+    """-x elementwise; same shape as x."""
     return Neg()(x)
 
 
@@ -314,34 +321,42 @@ class Erf(Function):
 
 
 def exp(x):
+    """e^x elementwise; same shape as x."""
     return Exp()(x)
 
 
 def expm1(x):
+    """e^x - 1 elementwise, accurate near 0; same shape as x."""
     return Expm1()(x)
 
 
 def log(x):
+    """Natural logarithm elementwise; same shape as x."""
     return Log()(x)
 
 
 def sqrt(x):
+    """Square root elementwise; same shape as x."""
     return Sqrt()(x)
 
 
 def abs(x):  # noqa: A001 (PyTorch's name)
+    """|x| elementwise; same shape as x."""
     return Abs()(x)
 
 
 def tanh(x):
+    """Hyperbolic tangent elementwise; same shape as x."""
     return Tanh()(x)
 
 
 def sigmoid(x):
+    """sigma(x) = 1 / (1 + e^-x) elementwise, stable in both tails; same shape as x."""
     return Sigmoid()(x)
 
 
 def erf(x):
+    """The error function elementwise; same shape as x."""
     return Erf()(x)
 
 
@@ -368,6 +383,7 @@ class ReLU(Function):
 
 
 def relu(x):
+    """max(x, 0) elementwise; same shape as x."""
     return ReLU()(x)
 
 
@@ -399,6 +415,7 @@ class LeakyReLU(Function):
 
 
 def leaky_relu(x, negative_slope=0.01):
+    """x where x > 0, else negative_slope * x, elementwise; same shape as x."""
     return LeakyReLU(negative_slope)(x)
 
 
@@ -431,6 +448,7 @@ def _silu_slope_fused(x, s):
 
 
 def silu(x):
+    """x * sigma(x) elementwise (SiLU / swish); same shape as x."""
     return SiLU()(x)
 
 
@@ -514,6 +532,7 @@ def _gelu_slope_fused(x, approximate, saved):
 
 
 def gelu(x, approximate="none"):
+    """x * Phi(x) elementwise (``approximate="tanh"`` for the tanh formula); same shape as x."""
     return GELU(approximate)(x)
 
 
@@ -549,6 +568,7 @@ class Softplus(Function):
 
 
 def softplus(x, beta=1.0, threshold=20.0):
+    """log(1 + e^(beta x)) / beta elementwise (x where beta x > ``threshold``); same shape as x."""
     return Softplus(beta, threshold)(x)
 
 
@@ -575,6 +595,7 @@ class LogSigmoid(Function):
 
 
 def log_sigmoid(x):
+    """log sigma(x) = -softplus(-x) elementwise, stable for large |x|; same shape as x."""
     return LogSigmoid()(x)
 
 
@@ -705,10 +726,12 @@ class Minimum(Function):
 
 
 def maximum(a, b):
+    """The larger of a and b elementwise (ties split the gradient); broadcast shape."""
     return Maximum()(a, b)
 
 
 def minimum(a, b):
+    """The smaller of a and b elementwise (ties split the gradient); broadcast shape."""
     return Minimum()(a, b)
 
 
@@ -752,10 +775,12 @@ class Mean(Function):
 
 
 def sum(x, dim=None, keepdim=False):  # noqa: A001 (PyTorch's name)
+    """Sum over ``dim`` (int, tuple, or None for all dims); reduced dims kept as 1 when ``keepdim``."""
     return Sum(dim, keepdim)(x)
 
 
 def mean(x, dim=None, keepdim=False):
+    """Mean over ``dim`` (int, tuple, or None for all dims); reduced dims kept as 1 when ``keepdim``."""
     return Mean(dim, keepdim)(x)
 
 
@@ -795,6 +820,7 @@ class Var(Function):
 
 
 def var(x, dim=None, keepdim=False, unbiased=True):
+    """Variance over ``dim`` (divides by n - 1 when ``unbiased``); reduced dims kept as 1 when ``keepdim``."""
     return Var(dim, keepdim, unbiased)(x)
 
 
@@ -943,10 +969,12 @@ class LogSoftmax(Function):
 
 
 def softmax(x, dim=-1):
+    """exp(x) / sum exp(x) along ``dim`` (max subtracted first); same shape as x."""
     return Softmax(dim)(x)
 
 
 def log_softmax(x, dim=-1):
+    """x - logsumexp(x) along ``dim``; same shape as x."""
     return LogSoftmax(dim)(x)
 
 

@@ -50,6 +50,7 @@ class Reshape(Function):
 
 
 def reshape(x, shape):
+    """x with a new ``shape`` holding the same number of elements (one entry may be -1)."""
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     if x.shape == shape:
         return x
@@ -98,6 +99,7 @@ class Permute(Function):
 
 
 def permute(x, axes):
+    """x with its axes reordered by ``axes`` (e.g. (0, 2, 3, 1) for NCHW -> NHWC)."""
     return Permute(axes)(x)
 
 
@@ -169,6 +171,7 @@ class SumTo(Function):
 
 
 def broadcast_to(x, shape):
+    """x repeated along broadcast dims to ``shape`` (NumPy broadcasting rules)."""
     shape = tuple(shape)
     if x.shape == shape:
         return x
@@ -176,6 +179,7 @@ def broadcast_to(x, shape):
 
 
 def sum_to(x, shape):
+    """x summed down to ``shape`` (the adjoint of broadcast_to); a no-op when the shapes agree."""
     shape = tuple(shape)
     if x.shape == shape:
         return x
@@ -578,12 +582,14 @@ class ToDevice(Function):
 
 
 def astype(x, dtype):
+    """x converted to floating ``dtype``, same shape; the gradient is converted back."""
     if x.dtype == np.dtype(dtype):
         return x
     return AsType(dtype)(x)
 
 
 def to_device(x, device):
+    """x copied to ``device`` ("cpu" or "gpu"), same shape; the gradient is copied back."""
     if x.device == backend.check_device(device):
         return x
     return ToDevice(device)(x)

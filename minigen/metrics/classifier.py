@@ -37,6 +37,11 @@ __all__ = ["LeNet", "ReferenceClassifier", "get_classifier", "train_classifier",
 
 
 class LeNet(nn.Module):
+    """The reference digit classifier, LeNet-style (LeCun et al. 1998): two conv + max-pool stages, two dense layers.
+
+    Images (B, 1, 28, 28) -> logits (B, n_classes); ``features`` gives the (B, 128) penultimate layer.
+    """
+
     def __init__(self, n_classes=10, generator=None):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 32, 5, padding=2, generator=generator)
@@ -51,10 +56,12 @@ class LeNet(nn.Module):
         return F.relu(self.fc1(F.flatten(h, 1)))         # (B, 128)
 
     def forward(self, x):
+        """Class logits: (B, 1, 28, 28) -> (B, n_classes)."""
         return self.fc2(self.features(x))
 
 
 def cache_dir():
+    """Where the trained reference classifier is cached: ``$MINIGEN_CACHE``, else ~/.cache/minigen."""
     return os.environ.get("MINIGEN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minigen")
 
 
@@ -89,6 +96,7 @@ class ReferenceClassifier:
         return np.concatenate(feats).astype(np.float64), np.concatenate(probs).astype(np.float64)
 
     def accuracy(self, images, labels):
+        """The fraction of ``images`` (N, 1, 28, 28) whose predicted class equals ``labels`` (N,)."""
         _, p = self.features_and_probs(images)
         return float((p.argmax(1) == np.asarray(labels)).mean())
 

@@ -200,6 +200,7 @@ class PCA:
         return Z
 
     def fit_transform(self, X):
+        """``fit(X)`` then ``transform(X)``: X (n, d) -> Z (n, q)."""
         return self.fit(X).transform(X)
 
     def inverse_transform(self, Z):
@@ -400,6 +401,7 @@ class PPCA:
         return self.posterior(X)[0]
 
     def fit_transform(self, X):
+        """``fit(X)`` then ``transform(X)``: X (n, d) -> posterior means (n, q)."""
         return self.fit(X).transform(X)
 
     def inverse_transform(self, Z):

@@ -86,15 +86,18 @@ def normal_(tensor, mean: float = 0.0, std: float = 1.0, generator=None):
 
 
 def constant_(tensor, val: float):
+    """Fill the tensor with ``val`` in place; returns it."""
     tensor.data[...] = val
     return tensor
 
 
 def zeros_(tensor):
+    """Fill the tensor with 0 in place; returns it."""
     return constant_(tensor, 0)
 
 
 def ones_(tensor):
+    """Fill the tensor with 1 in place; returns it."""
     return constant_(tensor, 1)
 
 

@@ -85,6 +85,7 @@ class Linear(Module):
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator=None):
+        """Redraw weight and bias from ``generator`` as PyTorch does: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
         _reset_pytorch_default(self.weight, self.bias, generator)
 
     def forward(self, x):
@@ -141,6 +142,7 @@ class Conv2d(Module):
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator=None):
+        """Redraw weight and bias from ``generator`` as PyTorch does: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
         _reset_pytorch_default(self.weight, self.bias, generator)
 
     def forward(self, x):
@@ -203,6 +205,7 @@ class ConvTranspose2d(Module):
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator=None):
+        """Redraw weight and bias from ``generator`` as PyTorch does: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
         _reset_pytorch_default(self.weight, self.bias, generator)
 
     def forward(self, x):
@@ -241,6 +244,7 @@ class Embedding(Module):
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator=None):
+        """Redraw the (num_embeddings, embedding_dim) table from N(0, 1), from ``generator``."""
         init.normal_(self.weight, generator=generator)
 
     def forward(self, indices):
@@ -372,11 +376,15 @@ class GELU(Module):
 
 
 class Tanh(Module):
+    """y = tanh(x) elementwise; any shape."""
+
     def forward(self, x):
         return F.tanh(x)
 
 
 class Sigmoid(Module):
+    """y = sigmoid(x) = 1 / (1 + e^-x) elementwise; any shape."""
+
     def forward(self, x):
         return F.sigmoid(x)
 

@@ -80,6 +80,7 @@ class Module:
         object.__setattr__(self, "_modules", {})
 
     def forward(self, *args, **kwargs):
+        """The module's computation; ``module(*args)`` calls it.  Subclasses override it."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
     def __call__(self, *args, **kwargs):
@@ -204,10 +205,12 @@ class Module:
                 yield from child.named_modules(memo, f"{prefix}.{name}" if prefix else name)
 
     def modules(self):
+        """Every module in the tree, self first, each once."""
         for _, m in self.named_modules():
             yield m
 
     def named_children(self):
+        """(name, module) for each direct submodule, each once."""
         seen = set()
         for name, child in self._modules.items():
             if child is not None and id(child) not in seen:
@@ -215,6 +218,7 @@ class Module:
                 yield name, child
 
     def children(self):
+        """Each direct submodule, once."""
         for _, child in self.named_children():
             yield child
 
@@ -234,14 +238,17 @@ class Module:
             yield (f"{prefix}.{name}" if prefix else name), p
 
     def parameters(self, recurse: bool = True):
+        """Every parameter (of submodules too when ``recurse``), each once, in registration order."""
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
     def named_buffers(self, prefix: str = "", recurse: bool = True):
+        """(dotted name, tensor) for every buffer (of submodules too when ``recurse``)."""
         for name, b in self._named_members("_buffers", recurse):
             yield (f"{prefix}.{name}" if prefix else name), b
 
     def buffers(self, recurse: bool = True):
+        """Every buffer (of submodules too when ``recurse``), each once."""
         for _, b in self.named_buffers(recurse=recurse):
             yield b
 
@@ -318,15 +325,19 @@ class Module:
         return self
 
     def cpu(self):
+        """Move every parameter and buffer to the host, in place; returns self."""
         return self.to("cpu")
 
     def gpu(self):
+        """Move every parameter and buffer to the GPU, in place; returns self."""
         return self.to("gpu")
 
     def float(self):
+        """Convert every floating parameter and buffer to float32, in place; returns self."""
         return self.to(dtype=np.float32)
 
     def double(self):
+        """Convert every floating parameter and buffer to float64, in place; returns self."""
         return self.to(dtype=np.float64)
 
     # --- state -------------------------------------------------------------------------
@@ -498,6 +509,7 @@ class Sequential(Module):
         return items[_check_index(index, len(items), "Sequential")][1]
 
     def append(self, module):
+        """Add ``module`` at the end of the chain; returns self."""
         self.add_module(str(len(self)), module)
         return self
 
@@ -533,15 +545,18 @@ class ModuleList(Module):
         self.add_module(str(_check_index(index, len(self), "ModuleList")), module)
 
     def append(self, module):
+        """Add ``module`` at the end; returns self."""
         self.add_module(str(len(self)), module)
         return self
 
     def extend(self, modules):
+        """Append each module of ``modules`` in order; returns self."""
         for m in modules:
             self.append(m)
         return self
 
     def insert(self, index, module):
+        """Put ``module`` before position ``index``, renumbering the ones after it."""
         mods = list(self._modules.values())
         mods.insert(index, module)
         self._modules.clear()
@@ -579,15 +594,19 @@ class ModuleDict(Module):
         return key in self._modules
 
     def keys(self):
+        """The names of the held modules, in insertion order."""
         return self._modules.keys()
 
     def values(self):
+        """The held modules, in insertion order."""
         return self._modules.values()
 
     def items(self):
+        """(name, module) pairs, in insertion order."""
         return self._modules.items()
 
     def update(self, modules):
+        """Add or replace modules from a mapping or an iterable of (name, module) pairs."""
         items = modules.items() if hasattr(modules, "items") else modules
         for key, m in items:
             self.add_module(key, m)
