@@ -13,6 +13,10 @@ from .autoencoder import AutoencoderRecipe
 from .base import NonFiniteLossError, Recipe, RunConfig, TrainingError, make_config
 from .diffusion import ConditionalDDPMRecipe, ConditionalDiTRecipe, DDPMRecipe, DiTRecipe
 from .gan import CGANRecipe, DCGANRecipe, GANRecipe
+from .lapgan import ConditionalLAPGANRecipe, LAPGANRecipe
+from .ldm import ConditionalLDMRecipe, LDMRecipe
+from .progan import ProGANRecipe
+from .stylegan import StyleGANRecipe
 from .vae import ConvVAERecipe, CVAERecipe, VAERecipe
 
 __all__ = ["FAMILIES", "families", "get_family", "register", "Recipe", "RunConfig", "TrainingError",
@@ -22,7 +26,11 @@ FAMILIES = {recipe.name: recipe for recipe in [
     AutoencoderRecipe,                                          # notes §1
     VAERecipe, ConvVAERecipe, CVAERecipe,                       # notes §2, §4
     GANRecipe, DCGANRecipe, CGANRecipe,                         # notes §3 - §3.3, §4.1
+    LAPGANRecipe, ConditionalLAPGANRecipe,                      # notes §3.3 (LAPGAN), §4.1
+    ProGANRecipe,                                               # notes §3.3 (Progressive GAN)
+    StyleGANRecipe,                                             # notes §3.3 (StyleGAN)
     DDPMRecipe, DiTRecipe, ConditionalDDPMRecipe, ConditionalDiTRecipe,   # notes §5, §4 + §5
+    LDMRecipe, ConditionalLDMRecipe,                            # notes §5.6 - §5.7 (latent diffusion)
 ]}
 
 

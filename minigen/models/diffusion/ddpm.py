@@ -87,7 +87,7 @@ from .dit import DiT
 from .schedule import SCHEDULES, DiffusionSchedule
 from .unet import UNet
 
-__all__ = ["GaussianDiffusion", "ModelPrediction", "normal_kl", "discretized_gaussian_log_likelihood",
+__all__ = ["GaussianDiffusion", "ModelPrediction", "discretized_gaussian_log_likelihood",
            "OBJECTIVES", "LOSS_TYPES", "VARIANCES", "DiffusionConfig", "build_denoiser", "train_step"]
 
 OBJECTIVES = ("eps", "x0", "v")
@@ -700,5 +700,3 @@ def train_step(diffusion, net, opt, x0, y=None, generator=None, label_dropout=0.
         ema.update()
     return logs
 
-
-normal_kl = gaussian_kl   # the name this module used before the one Gaussian KL; kept while callers move over
