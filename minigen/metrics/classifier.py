@@ -39,15 +39,15 @@ __all__ = ["LeNet", "ReferenceClassifier", "get_classifier", "train_classifier",
 class LeNet(nn.Module):
     """The reference digit classifier, LeNet-style (LeCun et al. 1998): two conv + max-pool stages, two dense layers.
 
-    Images (B, 1, 28, 28) -> logits (B, n_classes); ``features`` gives the (B, 128) penultimate layer.
+    Images (B, 1, 28, 28) -> logits (B, num_classes); ``features`` gives the (B, 128) penultimate layer.
     """
 
-    def __init__(self, n_classes=10, generator=None):
+    def __init__(self, num_classes=10, generator=None):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 32, 5, padding=2, generator=generator)
         self.conv2 = nn.Conv2d(32, 64, 5, padding=2, generator=generator)
         self.fc1 = nn.Linear(64 * 7 * 7, 128, generator=generator)
-        self.fc2 = nn.Linear(128, n_classes, generator=generator)
+        self.fc2 = nn.Linear(128, num_classes, generator=generator)
 
     def features(self, x):
         """Penultimate features: (B, 1, 28, 28) -> (B, 128)."""
@@ -56,7 +56,7 @@ class LeNet(nn.Module):
         return F.relu(self.fc1(F.flatten(h, 1)))         # (B, 128)
 
     def forward(self, x):
-        """Class logits: (B, 1, 28, 28) -> (B, n_classes)."""
+        """Class logits: (B, 1, 28, 28) -> (B, num_classes)."""
         return self.fc2(self.features(x))
 
 
