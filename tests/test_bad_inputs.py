@@ -229,3 +229,35 @@ def test_no_nan_in_json_files(victim):
 def test_every_run_file_has_the_same_permissions(run_dir):
     modes = {name: os.stat(os.path.join(run_dir, name)).st_mode & 0o777 for name in os.listdir(run_dir)}
     assert len(set(modes.values())) == 1, modes
+
+
+def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_checkpoint(victim, monkeypatch):
+    import errno
+
+    import minigen.train as train_module
+
+    before = open(os.path.join(victim, "checkpoint.npz"), "rb").read()
+
+    def disk_full(path, tree):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(train_module, "save_tree", disk_full)
+    from minigen.train import TrainingError
+
+    with pytest.raises(TrainingError, match=r"checkpoint.npz: No space left on device; the last checkpoint"):
+        train(None, {"steps": 4}, resume=victim, progress=False, verbose=False)
+    assert open(os.path.join(victim, "checkpoint.npz"), "rb").read() == before
+
+
+def test_unwritable_out_directory_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import minigen.train as train_module
+    from minigen.train import TrainingError
+
+    def refuse(path, exist_ok=False):
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+
+    monkeypatch.setattr(train_module.os, "makedirs", refuse)
+    with pytest.raises(TrainingError, match=r"ro/run: Permission denied"):
+        train("autoencoder", dict(TINY), out_dir=str(tmp_path / "ro" / "run"), progress=False, verbose=False)
