@@ -144,15 +144,20 @@ def test_mapping_network_pixel_normalises_z(float64):
 # ----------------------------------------------------------------------------
 
 def _record_styles(G):
-    """Wrap every affine map A_i of the synthesis network; returns the list that collects its inputs."""
+    """Wrap every affine map A of the synthesis network; returns the list that collects (style index, input).
+
+    The index each module reads, by the SynthesisNetwork docstring: layer i reads
+    ws[:, i], a styled ToRGB after layer i reads ws[:, i + 1].
+    """
     seen = []
-    styled = [layer for layer in G.synthesis.layers] + ([G.synthesis.to_rgb] if G.synthesis.to_rgb.styled else [])
-    for i, module in enumerate(styled):
+    styled = list(enumerate(G.synthesis.layers))
+    styled += [(after + 1, rgb) for after, rgb in zip(G.synthesis.rgb_after, G.synthesis.to_rgbs) if rgb.styled]
+    for index, module in styled:
         affine = module.affine
         original = affine.forward
 
-        def recording(w, i=i, original=original):
-            seen.append((i, w.numpy().copy()))
+        def recording(w, index=index, original=original):
+            seen.append((index, w.numpy().copy()))
             return original(w)
         object.__setattr__(affine, "forward", recording)
     return seen
@@ -169,7 +174,8 @@ def test_style_mixing_uses_w1_below_the_crossover_and_w2_from_it(style_mode, flo
     for k in range(num_ws + 1):
         seen.clear()
         G.synthesis(sg.mix_styles(w1, w2, k, num_ws), noise_mode="const")
-        assert [i for i, _ in seen] == list(range(num_ws))                    # every style is used, once
+        assert {i for i, _ in seen} == set(range(num_ws))                     # every style is used
+        assert len(seen) == len(G.synthesis.layers) + (len(G.synthesis.to_rgbs) if style_mode == "modulated" else 0)
         for i, w in seen:
             np.testing.assert_array_equal(w, (w1 if i < k else w2).numpy())
     with pytest.raises(ValueError, match="crossover"):
@@ -187,6 +193,24 @@ def test_sample_styles_mixes_with_the_given_probability(float64):
     assert {sg.sample_styles(G, 2, gen, mixing_prob=0.0)[2] for _ in range(10)} == {G.num_ws}
     mixed = [sg.sample_styles(G, 2, gen, mixing_prob=0.9)[2] < G.num_ws for _ in range(200)]
     assert 0.8 < np.mean(mixed) < 0.97
+
+
+def test_skip_generator_adds_the_upsampled_images_of_the_coarser_resolutions(float64):
+    G = sg.StyleGANGenerator(tiny_config(), generator=mg.Generator(0))             # 4 -> 8 -> 16
+    syn = G.synthesis
+    ws = G.styles(G.mapping(t(np.random.default_rng(20).standard_normal((2, 8)))))
+    full = syn(ws, "const").numpy()
+    last = syn.to_rgbs[-1]
+    last.conv.weight.data[...] = 0.0                                             # silence the 16 x 16 ToRGB
+    x, images = F.broadcast_to(syn.const, (2,) + syn.const.shape[1:]), []
+    for i in range(3):                                                           # the 4 x 4 and 8 x 8 layers
+        x = syn.layers[i](x, ws[:, i], "const")
+        if i in (0, 2):
+            images.append(syn.to_rgbs[len(images)](x, ws[:, i + 1]))
+    up = lambda a: F.interpolate(a, scale_factor=2, mode="bilinear", align_corners=False)
+    expected = up(up(images[0]) + images[1]).numpy()
+    np.testing.assert_allclose(syn(ws, "const").numpy(), expected, atol=1e-12)
+    assert np.abs(expected).max() > 1e-2 and np.abs(full - expected).max() > 1e-3
 
 
 # ----------------------------------------------------------------------------

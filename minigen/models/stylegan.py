@@ -56,9 +56,8 @@ gamma = 0.01 let D win (mean D(G(z)) ~ 0.05) and G collapsed to a single
 digit shape by step 750; gamma = 0.1 looked the same at step 250, while
 gamma = 1 (and 4) kept the samples varied (CPU defaults otherwise; README).
 
-Both use a single toRGB at the end (StyleGAN's output layer; StyleGAN2's skip
-generator is left out so that the two modes differ only in how the style
-enters).  Layers use the equalized learning rate of Progressive GAN
+Both use StyleGAN2's "skip" output (a toRGB at every resolution, summed after
+upsampling), so that the two modes differ only in how the style enters.  Layers use the equalized learning rate of Progressive GAN
 (``nn.EqualizedLinear`` / ``nn.EqualizedConv2d``, notes §3.3 (Progressive GAN)).
 
 Shapes: z, w (B, w_dim) [z: (B, z_dim)]; per-layer styles ws (B, num_ws, w_dim);
@@ -360,13 +359,19 @@ class SynthesisNetwork(nn.Module):
     """g: per-layer styles -> image, from a learned 4x4 constant (Karras et al. 2019 §2).
 
         const (1, c_4, 4, 4)
-        4x4:   SynthesisLayer(c_4 -> c_4)
-        8x8:   SynthesisLayer(c_4 -> c_8, up) , SynthesisLayer(c_8 -> c_8)
+        4x4:   SynthesisLayer(c_4 -> c_4)                               img  = ToRGB_4
+        8x8:   SynthesisLayer(c_4 -> c_8, up), SynthesisLayer(c_8 -> c_8)   img  = up(img) + ToRGB_8
         ...    (one pair per doubling, widths ``channels`` = (c_4, c_8, c_16, c_32))
-        ToRGB  (c_last -> C_img)
 
-    Layer i reads ws[:, i]; in "modulated" mode ToRGB reads ws[:, -1], so
-    ``num_ws`` = number of layers (+ 1 for a styled ToRGB): 7 (+1) for 32 x 32.
+    The "skip" generator of StyleGAN2 (Karras et al. 2020, §4.1): every
+    resolution adds its own ToRGB output to the x2 (bilinear) upsampled image
+    drawn so far, so the coarse layers draw the coarse image directly.  (With
+    a single ToRGB at 32 x 32 only, our small generator learned mostly closed
+    loops: 0s and 8s, README.)
+    Styles: layer i reads ws[:, i]; a styled ToRGB after layer i reads
+    ws[:, i + 1], the index of the next resolution's first layer (as in the
+    authors' code), so ``num_ws`` = number of layers + 1 in "modulated" mode
+    (8 for 32 x 32) and = number of layers in "adain" mode (plain ToRGBs).
     ws (B, num_ws, w_dim) -> images (B, C_img, R, R), R = 4 * 2^(len(channels) - 1).
     """
 
@@ -378,24 +383,34 @@ class SynthesisNetwork(nn.Module):
         self.const = nn.Parameter(backend.to_numpy(gen.normal((1, channels[0], 4, 4),
                                                               dtype=backend.get_default_dtype())))
         layers = [SynthesisLayer(channels[0], channels[0], w_dim, 4, style_mode, generator=generator)]
+        to_rgbs = [ToRGB(channels[0], img_channels, w_dim, style_mode, generator=generator)]
+        self.rgb_after = [0]                                    # index of the layer each ToRGB follows
         for level in range(1, len(channels)):
             res = 4 * 2 ** level
             layers.append(SynthesisLayer(channels[level - 1], channels[level], w_dim, res, style_mode, up=True,
                                          generator=generator))
             layers.append(SynthesisLayer(channels[level], channels[level], w_dim, res, style_mode,
                                          generator=generator))
+            to_rgbs.append(ToRGB(channels[level], img_channels, w_dim, style_mode, generator=generator))
+            self.rgb_after.append(len(layers) - 1)
         self.layers = nn.ModuleList(layers)
-        self.to_rgb = ToRGB(channels[-1], img_channels, w_dim, style_mode, generator=generator)
-        self.num_ws = len(layers) + (1 if self.to_rgb.styled else 0)
+        self.to_rgbs = nn.ModuleList(to_rgbs)
+        self.num_ws = len(layers) + (1 if to_rgbs[0].styled else 0)
 
     def forward(self, ws, noise_mode="random", generator=None):
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"SynthesisNetwork: ws must be (B, {self.num_ws}, {self.w_dim}), got {ws.shape}")
         B = ws.shape[0]
         x = F.broadcast_to(self.const, (B,) + self.const.shape[1:])                   # (B, c_4, 4, 4)
+        img = None
         for i, layer in enumerate(self.layers):
-            x = layer(x, ws[:, i], noise_mode, generator)
-        return self.to_rgb(x, ws[:, -1]) if self.to_rgb.styled else self.to_rgb(x)
+            x = layer(x, ws[:, i], noise_mode, generator)                              # (B, c_r, r, r)
+            if i in self.rgb_after:
+                to_rgb = self.to_rgbs[self.rgb_after.index(i)]
+                y = to_rgb(x, ws[:, i + 1]) if to_rgb.styled else to_rgb(x)            # (B, C_img, r, r)
+                img = y if img is None else F.interpolate(img, scale_factor=2, mode="bilinear",
+                                                          align_corners=False) + y    # (B, C_img, r, r)
+        return img
 
 
 class StyleGANGenerator(nn.Module):
