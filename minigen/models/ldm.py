@@ -25,7 +25,8 @@ work on detail an autoencoder can reproduce cheaply.  So:
 
    so that the forward process, built for data of unit scale, ends in N(0, I)
    (Rombach et al. rescale KL-regularized latents by this one scalar).  The
-   denoiser fits the code's shape: the UNet of notes §5.6 on a spatial code,
+   denoiser fits the code's shape: the UNet of notes §5.6 on a spatial code
+   (padded from 7 x 7 to 8 x 8 so that it can be halved twice, ``PaddedUNet``),
    a residual MLP (``MLPDenoiser``) on a vector code.  Only the denoiser
    trains; the encoder runs without a graph, so the first stage gets no
    gradient (``latent_diffusion_step``).
@@ -37,7 +38,7 @@ classifier-free guidance work exactly as in pixel space (the denoiser gets
 the labels; the first stage stays unconditional).
 
 The cost (§5.6).  A 4 x 7 x 7 code has 196 numbers at 49 positions against
-784 pixels; the denoiser's convolutions run at 7 x 7 instead of 28 x 28, so
+784 pixels; the denoiser's convolutions run at 8 x 8 instead of 28 x 28, so
 a training step and every sampling step cost a fraction of the pixel model's
 (the README measures it).  The first stage is trained once.
 
