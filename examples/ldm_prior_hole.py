@@ -46,16 +46,10 @@ import numpy as np
 
 from minigen import backend
 from minigen.evaluate import restore_run, sample_metrics
-from minigen.families import FAMILIES, register
-from minigen.families.ldm import ConditionalLDMRecipe, LDMRecipe
 from minigen.models.gmm import GaussianMixture
 from minigen.models.ldm import prior_hole
 from minigen.train import train
 from minigen.viz import save_image_grid
-
-for _recipe in (LDMRecipe, ConditionalLDMRecipe):    # in case this minigen's families table lacks them
-    if _recipe.name not in FAMILIES:
-        register(_recipe)
 
 METRICS = ["fld", "kid", "precision", "recall"]
 SAMPLERS = ["prior", "posterior", "gmm", "ldm"]

@@ -46,6 +46,17 @@ def _outputs(y):
     return list(y) if isinstance(y, (tuple, list)) else [y]
 
 
+def _rounding_error(lp, lm, eps):
+    """Bound on the float64 rounding error of (lp - lm) / (2 eps).
+
+    Each probe value carries a relative rounding error of a few machine epsilons
+    (it is a sum of many products); the difference divides that by 2 eps.  With
+    |L| ~ 10 and eps = 1e-6 this is ~1e-8, far below what a wrong backward
+    changes, but above ``atol`` when the probe is large and the gradient small.
+    """
+    return 8 * np.finfo(np.float64).eps * max(abs(lp), abs(lm)) / (2 * eps)
+
+
 def gradcheck(fn, inputs, *, eps=1e-6, rtol=1e-6, atol=1e-9, max_elementwise=64, n_directions=3,
               min_grad=1e-7, seed=0, device="cpu", upstream=None):
     """Check the gradients of ``fn(*inputs)`` against central differences.
@@ -104,15 +115,19 @@ def gradcheck(fn, inputs, *, eps=1e-6, rtol=1e-6, atol=1e-9, max_elementwise=64,
         x0 = base[i]
         if x0.size <= max_elementwise:
             flat_num = np.empty(x0.size)
+            noise = np.empty(x0.size)
             for k in range(x0.size):
                 plus, minus = x0.copy(), x0.copy()
                 plus.reshape(-1)[k] += eps
                 minus.reshape(-1)[k] -= eps
                 args_p = base[:i] + [plus] + base[i + 1:]
                 args_m = base[:i] + [minus] + base[i + 1:]
-                flat_num[k] = (probe(args_p) - probe(args_m)) / (2 * eps)
+                lp, lm = probe(args_p), probe(args_m)
+                flat_num[k] = (lp - lm) / (2 * eps)
+                noise[k] = _rounding_error(lp, lm, eps)
             num = flat_num.reshape(x0.shape)
-            bad = np.abs(num - ana[i]) > atol + rtol * np.maximum(np.abs(num), np.abs(ana[i]))
+            bad = (np.abs(num - ana[i])
+                   > atol + noise.reshape(x0.shape) + rtol * np.maximum(np.abs(num), np.abs(ana[i])))
             if bad.any():
                 k = np.unravel_index(np.argmax(np.abs(num - ana[i]) * bad), x0.shape)
                 raise GradcheckError(
@@ -126,10 +141,11 @@ def gradcheck(fn, inputs, *, eps=1e-6, rtol=1e-6, atol=1e-9, max_elementwise=64,
                 vd = xp.asarray(v, dtype=x0.dtype)
                 args_p = base[:i] + [x0 + eps * vd] + base[i + 1:]
                 args_m = base[:i] + [x0 - eps * vd] + base[i + 1:]
-                num = (probe(args_p) - probe(args_m)) / (2 * eps)
+                lp, lm = probe(args_p), probe(args_m)
+                num = (lp - lm) / (2 * eps)
                 an = float((ana[i] * v).sum())
                 scale = max(abs(num), abs(an), float(np.linalg.norm(ana[i])) * 1e-3)
-                if abs(num - an) > atol + rtol * scale:
+                if abs(num - an) > atol + _rounding_error(lp, lm, eps) + rtol * scale:
                     raise GradcheckError(
                         f"gradcheck: input {i} (shape {x0.shape}) directional derivative: "
                         f"numerical {num:.10g} vs analytical {an:.10g}")

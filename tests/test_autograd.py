@@ -188,6 +188,23 @@ def test_meta_gradcheck_catches_a_wrong_backward():
         gradcheck(lambda a: _WrongExp()(a), [np.linspace(-1, 1, 500)])  # directional path
 
 
+class _SlightlyWrongExp(_WrongExp):
+    def backward(self, gy):
+        return gy * self.output() * (1 + 1e-5)
+
+
+def test_meta_gradcheck_allows_rounding_but_not_a_small_error():
+    # CI found this case: a large probe L (48 terms ~ 10) and a small gradient entry (~1e-3), where
+    # the central difference's own float64 rounding (~1e-9) exceeded a fixed atol
+    x = np.full((3, 4, 4), 1.59765625)
+    y = -np.ones((3, 4, 4))
+    y[0, 0, 0], y[0, 0, 1] = 0.0, 1.59375
+    assert gradgradcheck(lambda a, b: F.mse_loss(a, b, reduction="sum"), [x, y])
+    # ... while the rounding allowance stays far below a 1e-5 relative error in a backward
+    with pytest.raises(GradcheckError, match="numerical"):
+        gradcheck(lambda a: _SlightlyWrongExp()(a), [np.linspace(1, 2, 48)])
+
+
 def test_meta_gradcheck_refuses_vacuous_checks():
     # minitorch's flat-region trap: exp(x - 200) has a gradient of ~1e-87.
     with pytest.raises(GradcheckError, match="negligible"):

@@ -121,6 +121,28 @@ def test_pyramid_gradients_in_float64(float64, mode):
     assert gradcheck(fn, [image])
 
 
+@settings(max_examples=15)
+@given(_pyramid_case())
+def test_match_coarse_projects_onto_the_images_with_the_given_block_means(case):
+    image, levels, _ = case
+    if levels == 1:
+        return
+    gen = np.random.default_rng(image.size)
+    fine = mg.tensor(image)
+    coarse = mg.tensor(gen.uniform(-1, 1, image.shape[:2] + (image.shape[2] // 2, image.shape[3] // 2)))
+    out = L.match_coarse(fine, coarse)
+    np.testing.assert_allclose(L.downsample(out).numpy(), coarse.numpy(), rtol=0, atol=1e-14)
+    # already consistent images are left alone, and the change is the least-squares one: constant per block
+    np.testing.assert_allclose(L.match_coarse(out, coarse).numpy(), out.numpy(), rtol=0, atol=1e-14)
+    change = (out - fine).numpy()
+    np.testing.assert_allclose(change, L.upsample(L.downsample(mg.tensor(change)), "nearest").numpy(), atol=1e-14)
+
+
+def test_match_coarse_gradient_in_float64(float64):
+    gen = np.random.default_rng(4)
+    assert gradcheck(L.match_coarse, [gen.standard_normal((1, 2, 4, 6)), gen.standard_normal((1, 2, 2, 3))])
+
+
 # ----------------------------------------------------------------------------
 # the networks and the sampling chain
 # ----------------------------------------------------------------------------
@@ -150,9 +172,10 @@ def test_shapes_at_every_level_of_the_mnist_model():
             assert x.shape == (3, 1, 7, 7) and cond is None and z.shape == (3, 100)
             assert G(z).shape == (3, 1, 7, 7) and D(x).shape == (3, 1)
         else:
-            low, y = cond
+            low, coarse, y = cond
             side = 28 // 2 ** k
             assert x.shape == low.shape == z.shape[:1] + (1, side, side) and y is None
+            assert coarse.shape == (3, 1, side // 2, side // 2)
             assert G(z, cond).shape == x.shape and D(x, cond).shape == (3, 1)
     model.eval()
     chain = model.sample_chain(5, gen)
@@ -172,9 +195,23 @@ def test_chain_is_coarse_to_fine_each_level_conditioned_on_the_upsampled_coarser
         for k, expected in zip([1, 0], chain[1:]):
             z = model.noise(k, 3, gen)
             low = L.upsample(image, "bilinear")
-            image = np.clip((low + model.generators[k](z, (low, None))).numpy(), -1, 1)
+            image = np.clip((low + model.generators[k](z, (low, image, None))).numpy(), -1, 1)
             np.testing.assert_allclose(image, expected.numpy(), rtol=0, atol=1e-6)
             image = mg.tensor(image)
+
+
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_every_generated_level_averages_back_to_the_coarser_sample(num_classes):
+    # what every real pair satisfies, d(I_k) = I_{k+1}, holds for G_k's output by construction
+    model = _tiny_model(num_classes)
+    model.train()                                                    # also with batch statistics
+    gen = mg.Generator(6, "cpu")
+    coarse = mg.tensor(gen.uniform((3, 1, 4, 4), dtype=np.float32) * 2 - 1)
+    y = mg.tensor(np.array([0, 1, 2])) if num_classes else None
+    for k, c in ((1, L.downsample(coarse)), (0, coarse)):
+        fine = model.sample_level(k, c, model.noise(k, 3, gen), y)
+        np.testing.assert_allclose(L.downsample(fine).numpy(), c.numpy(), rtol=0, atol=1e-6)
+        assert np.abs((fine - model.u(c)).numpy()).max() > 1e-3     # ... while adding detail
 
 
 def test_a_level_sample_is_deterministic_given_the_coarse_image_and_z():
@@ -206,9 +243,10 @@ def test_the_label_reaches_every_level():
         for k in (0, 1):
             side = 8 // 2 ** k
             low, z, h = (mg.tensor(gen.normal((2, 1, side, side), dtype=np.float32)) for _ in range(3))
+            coarse = L.downsample(low)
             G, D = model.generators[k], model.discriminators[k]
-            assert np.abs(G(z, (low, y0)).numpy() - G(z, (low, y1)).numpy()).max() > 1e-5
-            assert np.abs(D(h, (low, y0)).numpy() - D(h, (low, y1)).numpy()).max() > 1e-6
+            assert np.abs(G(z, (low, coarse, y0)).numpy() - G(z, (low, coarse, y1)).numpy()).max() > 1e-5
+            assert np.abs(D(h, (low, coarse, y0)).numpy() - D(h, (low, coarse, y1)).numpy()).max() > 1e-6
 
 
 # ----------------------------------------------------------------------------
@@ -266,9 +304,10 @@ def test_level_k_trains_on_the_real_residual_and_its_real_low_pass_image():
     images = mg.tensor(np.random.default_rng(3).uniform(-1, 1, (2, 1, 8, 8)).astype(np.float32))
     pyramid = model.real_pyramid(images)
     coarse, residuals = L.laplacian_pyramid(images, 3)
-    x, (low, _) = model.level_batch(pyramid, 0)
+    x, (low, coarser, _) = model.level_batch(pyramid, 0)
     np.testing.assert_array_equal(x.numpy(), residuals[0].numpy())
     np.testing.assert_array_equal(low.numpy(), L.upsample(pyramid[1]).numpy())
+    np.testing.assert_array_equal(coarser.numpy(), pyramid[1].numpy())
     x2, y2 = model.level_batch(pyramid, 2)
     np.testing.assert_array_equal(x2.numpy(), coarse.numpy())
     assert y2 is None and not x.requires_grad and not low.requires_grad
@@ -350,12 +389,17 @@ def test_evaluate_reports_the_fld_of_every_level_upsampled(monkeypatch):
         r.train(False)
         out = r.evaluate(data.images[:30], data.labels[:30], mg.Generator(2, "cpu"))
         keys = {f"fld_level_{k}" for k in range(3)} | {f"fld_level_{k}_floor" for k in range(3)}
+        keys |= {"fld_level_0_given_real", "fld_level_1_given_real"}
         if r.conditional:
             keys |= {f"conditional_accuracy_level_{k}" for k in range(3)}
             assert out["conditional_accuracy_level_0"] == pytest.approx(0.1)  # the fake always says "0"
         assert set(out) == keys and all(np.isfinite(v) for v in out.values())
         # an untrained generator is far from the data; the real low-pass images are close to it
         assert all(out[f"fld_level_{k}"] > out[f"fld_level_{k}_floor"] for k in range(3))
+        # these features are 4x4 block means, which a level-0 image drawn from a real I_1 keeps
+        # (d(I~_0) = I_1): its FLD is the real images' own
+        assert out["fld_level_0_given_real"] == pytest.approx(out["fld_level_0_floor"], abs=1e-3)
+        assert out["fld_level_0"] > out["fld_level_0_given_real"] + 1e-3  # the chain's own I~_1 is not real
     config = make_config(LAPGANRecipe, {**_TINY, "eval_samples": 0})
     assert LAPGANRecipe(config, data, "cpu", mg.Generator(0, "cpu")).evaluate(data.images, data.labels, None) == {}
 

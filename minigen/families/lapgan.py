@@ -83,7 +83,7 @@ class LAPGANRecipe(Recipe):
                            **{f"discriminator_{k}": opt for k, opt in enumerate(self.opts_d)}}
         every = list(reversed(range(self.model.levels)))               # coarsest first
         self.trained_levels = every if config.level == -1 else [config.level]
-        self._train_images = data.images                               # host, for evaluate's per-level floors
+        self._train_images, self._train_labels = data.images, data.labels  # host, for evaluate's per-level FLDs
 
     def prepare(self, x, y, generator):
         return to_symmetric_range(x), y  # [0, 1] -> [-1, 1], the range of the coarsest G's tanh
@@ -125,8 +125,11 @@ class LAPGANRecipe(Recipe):
         the level-k image u^k(I~_k) against as many test images, in the reference
         classifier's features.  ``fld_level_k_floor``: the same for *real*
         training images reduced to level k, u^k(d^k(I)), the best a level-k
-        image can score (at k = 0, the usual real-vs-real floor).  For clapgan
-        also ``conditional_accuracy_level_k``.
+        image can score (at k = 0, the usual real-vs-real floor).
+        ``fld_level_k_given_real`` (k < K): level k sampled from the *real*
+        coarser image I_{k+1} instead of the chain's, so a level's own error is
+        told apart from the error it inherits.  For clapgan also
+        ``conditional_accuracy_level_k``.
         """
         n = min(len(x), self.config.eval_samples)
         if n == 0:
@@ -147,7 +150,18 @@ class LAPGANRecipe(Recipe):
             out[f"fld_level_{k}_floor"] = frechet_distance(f_real, f_test)
             if labels is not None:
                 out[f"conditional_accuracy_level_{k}"] = conditional_accuracy(p_fake, labels)
+            if k < self.model.coarsest:
+                given_real = self._level_given_real(k, real[k + 1], generator)
+                out[f"fld_level_{k}_given_real"] = frechet_distance(clf.features_and_probs(given_real)[0], f_test)
         return out
+
+    def _level_given_real(self, k, coarser, generator):
+        """I~_k = sample_level(k, I_{k+1}) from real coarser training images (their own labels), upsampled."""
+        n = len(coarser)
+        y = Tensor(backend.to_device(self._train_labels[:n], self.device)) if self.conditional else None
+        with no_grad():
+            image = self.model.sample_level(k, to_symmetric_range(coarser), self.model.noise(k, n, generator), y)
+        return self._upsampled(np.clip(from_symmetric_range(image.numpy()), 0.0, 1.0), k)
 
 
 class ConditionalLAPGANRecipe(LAPGANRecipe):
