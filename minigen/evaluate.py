@@ -153,6 +153,7 @@ def evaluate_run(run_dir, eval_samples=None, verbose=True, overrides=None):
     """
     recipe, config, train_set, test_set, step = restore_run(run_dir, overrides=overrides)
     gen = backend.Generator(config.seed + 3, recipe.device)
+    recipe.progress = verbose     # long bounds (diffusion: T denoiser calls per batch) show a bar
     with no_grad():
         results = {k: float(v) for k, v in recipe.evaluate(test_set.images, test_set.labels, gen).items()}
     n = config.eval_samples if eval_samples is None else eval_samples

@@ -495,7 +495,7 @@ def run_loop(run, progress=True):
                 wall, cpu = clock.seconds()
                 pending_rows.append({"step": step, **{k: float(v) for k, v in logs.items()},
                                      "train_seconds": round(wall, 3), "train_cpu_seconds": round(cpu, 3)})
-                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss")})
+                bar.set_postfix({k: f"{logs[k]:.4g}" for k in shown_keys(logs) if k.startswith("loss")})
             bar.update(1)
             if step % config.checkpoint_every == 0 or last:
                 _checkpoint(run, step, clock.seconds(), last_good, rows=pending_rows)
@@ -536,11 +536,30 @@ def run_loop(run, progress=True):
     return step
 
 
+def shown_keys(row):
+    """The logged numbers worth showing in the progress bar and curves.png, in order.
+
+    ``loss`` is the loop's generic copy of the quantity it checks for finiteness
+    (for a GAN, the discriminator's loss); where a family also logs named losses
+    (``loss_d``, ``loss_g``) the generic copy is left out, so no picture calls the
+    discriminator's loss just "loss".  The clock columns are not curves.
+    """
+    keys = [k for k, v in row.items() if k not in ("step", "train_seconds", "train_cpu_seconds")
+            and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if any(k.startswith("loss_") for k in keys):
+        keys = [k for k in keys if k != "loss"]
+    return keys
+
+
 def _plot_curves(run):
-    from .viz import plot_curves
+    from .viz import plot_curves, read_metrics
 
     try:
-        plot_curves(run.log_path, os.path.join(run.run_dir, "curves.png"),
+        rows = [r for r in read_metrics(run.log_path) if "eval" not in r]
+        keys = []
+        for row in rows:
+            keys += [k for k in shown_keys(row) if k not in keys]
+        plot_curves(rows, os.path.join(run.run_dir, "curves.png"), keys=keys or None,
                     title=f"{run.recipe_cls.name}: training curves")
     except ValueError:      # no rows yet (a checkpoint before the first log row)
         pass

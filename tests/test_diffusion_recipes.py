@@ -44,6 +44,16 @@ def test_diffusion_families_train_sample_and_evaluate(tmp_path, family):
     assert np.isfinite(results["test_loss_simple"])
 
 
+def test_the_bound_in_eval_shows_a_progress_bar(tmp_path, capsys):
+    # T denoiser calls per batch of test images: a user must not wait blind
+    run = train("ddpm", dict(TINY, steps=3), out_dir=str(tmp_path / "ddpm"), progress=False, verbose=False)
+    capsys.readouterr()
+    evaluate_run(run, eval_samples=0, verbose=True)
+    assert "bits/dim, images 1-6 of 6" in capsys.readouterr().err
+    evaluate_run(run, eval_samples=0, verbose=False)
+    assert "bits/dim" not in capsys.readouterr().err
+
+
 def test_sampling_uses_the_ema_weights(tmp_path):
     run = train("ddpm", dict(TINY), out_dir=str(tmp_path / "run"), progress=False, verbose=False)
     recipe = restore_run(run)[0]

@@ -241,3 +241,12 @@ def test_sigterm_saves_like_ctrl_c(tmp_path, monkeypatch):
         train("autoencoder", dict(TINY), out_dir=str(tmp_path / "cut"), progress=False, verbose=False)
     assert load_tree(os.path.join(tmp_path / "cut", "checkpoint.npz"))["step"] == 3
     assert signal.getsignal(signal.SIGTERM) == handler_before        # the loop gave the signal back
+
+
+def test_progress_bar_and_curves_name_the_gan_losses():
+    from minigen.train import shown_keys
+    gan_row = {"step": 10, "loss_d": 0.5, "d_real": 0.7, "loss_g": 1.2, "loss": 0.5, "train_seconds": 1.0,
+               "train_cpu_seconds": 0.9}
+    assert shown_keys(gan_row) == ["loss_d", "d_real", "loss_g"]     # no bare "loss" beside the named ones
+    vae_row = {"step": 10, "loss": 97.0, "kl": 22.0, "train_seconds": 1.0}
+    assert shown_keys(vae_row) == ["loss", "kl"]

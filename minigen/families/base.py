@@ -117,6 +117,7 @@ class Recipe:
     description = ""
     conditional = False  # True when sample() accepts class labels
     samples_need_data = False  # True when sample() uses training images (then `sample` loads the dataset)
+    progress = False  # evaluate() may show progress bars (evaluate_run sets it when verbose)
     # Named sets of config overrides, e.g. {"gpu": {...}} for a larger run on a GPU;
     # ``train FAMILY --preset NAME`` applies one, and explicit options still win.
     presets: dict = {}

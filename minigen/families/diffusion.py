@@ -209,7 +209,8 @@ class DDPMRecipe(Recipe):
                 xb = to_symmetric_range(Tensor(backend.to_device(x[start:stop], self.device)))
                 yb = (Tensor(backend.to_device(np.asarray(y[start:stop], dtype=np.int64), self.device))
                       if self.conditional else None)
-                b = self.diffusion.bpd(self.net, xb, y=yb, generator=generator)
+                b = self.diffusion.bpd(self.net, xb, y=yb, generator=generator, progress=self.progress,
+                                       desc=f"bits/dim, images {start + 1}-{stop} of {n}")
                 totals.append(b["total"])
                 priors.append(b["prior"])
                 losses.append(self.diffusion.p_losses(self.net, xb, y=yb, generator=generator).item() * len(xb))

@@ -279,7 +279,8 @@ class LDMRecipe(Recipe):
             for start in range(0, n, batch):
                 xb = Tensor(backend.to_device(obs[start:start + batch], self.device))
                 yb = Tensor(backend.to_device(y[start:start + batch], self.device)) if self.conditional else None
-                out = self.ldm.two_stage_bound(xb, yb, generator)
+                out = self.ldm.two_stage_bound(xb, yb, generator, progress=self.progress,
+                                               desc=f"bound, images {start + 1}-{start + len(xb)} of {n}")
                 for key in parts:
                     parts[key].append(out[key])
                 losses.append(self.ldm.p_losses(xb, yb, generator).item() * len(xb))

@@ -435,14 +435,16 @@ class LatentDiffusion:
         return self.decode_latents(u)
 
     # --- the bound --------------------------------------------------------------------------------
-    def latent_bound(self, u0, y=None, generator=None):
+    def latent_bound(self, u0, y=None, generator=None, progress=False, desc="latent bound"):
         """L(u_0) = L_T + sum_{t>=1} L_t + L_0 >= -log p(u_0), in nats per code:  host float64 (B,).
 
         u0 (B, *latent_shape) Tensor.  L_t = KL(q(u_{t-1} | u_t, u_0) || p(u_{t-1} | u_t)) with one
         draw of u_t per step; L_0 = -log N(u_0; mu_theta(u_1), sigma_1^2), the continuous density of
         the last step (codes are not 8-bit data).  One denoiser call per step (T in all); the terms
-        are computed in float64 on the host.  Runs under no_grad.
+        are computed in float64 on the host.  Runs under no_grad.  ``progress``: a bar over the T steps.
         """
+        from tqdm import tqdm
+
         d, s = self.diffusion, self.diffusion.schedule
         generator = generator or backend.default_generator(u0.device)
         b, device = len(u0), u0.device
@@ -451,7 +453,7 @@ class LatentDiffusion:
         # L_T = KL(q(u_T | u_0) || N(0, I)): no parameters
         total = gaussian_kl(s.sqrt_alphas_cumprod[-1] * u64, s.log_one_minus_alphas_cumprod[-1], 0.0, 0.0).sum(1)
         with no_grad():
-            for step in range(d.T):
+            for step in tqdm(range(d.T), disable=not progress, desc=desc, mininterval=2.0, leave=False):
                 t = Tensor(xp.full(b, step, dtype=np.int64))
                 noise = Tensor(backend.to_device(generator.normal(u0.shape, dtype=d.dtype), device))
                 u_t = d.q_sample(u0, t, noise)
@@ -468,7 +470,7 @@ class LatentDiffusion:
                                        model_mean, model_logvar).sum(1)
         return total
 
-    def two_stage_bound(self, x, y=None, generator=None):
+    def two_stage_bound(self, x, y=None, generator=None, progress=False, desc="latent bound"):
         """The two-stage upper bound on -log p(x) (module docstring), one z ~ q(z | x) per image.
 
         x (B, C, H, W): what the first stage's decoder models (dequantized grey levels for a Gaussian
@@ -476,6 +478,7 @@ class LatentDiffusion:
         "decoder" E_q[-log p(x|z)], "entropy" H[q(z|x)], "latent" E_q[L(s z)] - D_z log s (a bound on
         -log p(z)), "total" decoder - entropy + latent (the bound), and "prior_kl" KL(q(z|x) || N(0, I))
         (decoder + prior_kl is the first stage's own -ELBO under the N(0, I) prior, for comparison).
+        ``progress``: a bar over the latent bound's T steps.
         """
         generator = generator or backend.default_generator(x.device)
         with no_grad():
@@ -487,7 +490,7 @@ class LatentDiffusion:
             host = lambda t: backend.to_numpy(t.data).astype(np.float64)  # noqa: E731
             decoder, entropy, prior_kl = host(decoder), host(entropy), host(prior_kl)
             num_latent = int(np.prod(self.latent_shape))
-            latent = self.latent_bound(z * self.scale_factor, y, generator) - num_latent * math.log(self.scale_factor)
+            latent = self.latent_bound(z * self.scale_factor, y, generator, progress, desc) - num_latent * math.log(self.scale_factor)
         return {"decoder": decoder, "entropy": entropy, "latent": latent, "total": decoder - entropy + latent,
                 "prior_kl": prior_kl}
 

@@ -462,7 +462,7 @@ class GaussianDiffusion:
             raise ValueError("GaussianDiffusion.bpd: x0 must hold 8-bit images, k/255 * 2 - 1 for integers k "
                              "in 0..255 (the discretized decoder needs the 256 bins)")
 
-    def bpd(self, model, x0, y=None, generator=None, progress=False):
+    def bpd(self, model, x0, y=None, generator=None, progress=False, desc="bits/dim"):
         """The variational bound L_T + sum_t L_t + L_0 in bits/dim, per image, with all T terms.
 
         x0 (B, ...): 8-bit images in [-1, 1] (k/255 * 2 - 1).  One denoiser call per timestep
@@ -470,6 +470,7 @@ class GaussianDiffusion:
         device's) in the order t = 0, 1, .., T-1.  The terms are computed in float64.
         Returns host float64 arrays: "total" (B,), "prior" (B,) = L_T, "vb" (B, T) with
         vb[:, 0] = L_0 and vb[:, t] = L_t, all in bits/dim.  Runs under no_grad.
+        ``progress``: a bar over the T steps, labelled ``desc``.
         """
         from tqdm import tqdm
 
@@ -485,7 +486,7 @@ class GaussianDiffusion:
             prior = gaussian_kl(self._coef("sqrt_alphas_cumprod", last, x0_64) * x0_64,
                               self._coef("log_one_minus_alphas_cumprod", last, x0_64), 0.0, 0.0)
             terms = []
-            for step in tqdm(range(self.T), disable=not progress, desc="bits/dim", mininterval=2.0):
+            for step in tqdm(range(self.T), disable=not progress, desc=desc, mininterval=2.0, leave=False):
                 t = Tensor(xp.full(b, step, dtype=np.int64))
                 noise = Tensor(backend.to_device(generator.normal(x0.shape, dtype=self.dtype), device))
                 x_t = self.q_sample(x0, t, noise)
