@@ -193,16 +193,25 @@ def _cmd_sample(args):
 
 def _parse_sets(run_dir, pairs):
     """``--set FIELD=VALUE`` pairs -> {field: value}, each VALUE parsed by the field's type."""
-    from .train import TrainingError, read_run_config
+    from .train import read_run_config
 
     if not pairs:
         return None
     recipe_cls, _config = read_run_config(run_dir)
+    return _parse_pairs(recipe_cls, pairs)
+
+
+def _parse_pairs(recipe_cls, pairs, only_known=False):
+    """``FIELD=VALUE`` pairs -> {field: value} for ``recipe_cls``'s config; ``only_known``: skip other fields."""
+    from .train import TrainingError
+
     fields = {name: (parse, sequence) for name, _default, parse, sequence in _config_fields(recipe_cls.Config)}
     out = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
         name = name.strip().replace("-", "_")
+        if sep and only_known and name not in fields:
+            continue
         if not sep or name not in fields:
             raise TrainingError(f"--set expects FIELD=VALUE with a field of {recipe_cls.name} "
                                 f"({', '.join(fields)}), got {pair!r}")
@@ -264,11 +273,20 @@ def _cmd_zoo(args):
     from .compare import zoo
     from .families import FAMILIES, get_family
 
+    from .train import TrainingError
+
     names = args.families or sorted(FAMILIES)
-    for name in names:
-        get_family(name)          # a mistyped family fails before hours of training
+    recipes = [get_family(name) for name in names]   # a mistyped family fails before hours of training
+    for item in args.set or []:
+        key, sep, _value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise TrainingError(f"zoo: --set takes KEY=VALUE, got {item!r}")
+        if not any(key in {f.name for f in dataclasses.fields(r.Config)} for r in recipes):
+            raise TrainingError(f"zoo: no chosen family has an option {key!r}")
+    extra = {r.name: _parse_pairs(r, args.set, only_known=True) for r in recipes} if args.set else None
     print(zoo(names, args.minutes, args.out, seeds=tuple(range(args.seeds)), eval_samples=args.eval_samples,
-              budget_clock=args.budget_clock, progress=not args.no_progress))
+              budget_clock=args.budget_clock, extra=extra, progress=not args.no_progress))
     return 0
 
 
@@ -324,6 +342,8 @@ def main(argv=None):
     p_zoo.add_argument("--eval-samples", type=_count(1), default=1000, help="samples behind every sample metric")
     p_zoo.add_argument("--budget-clock", choices=["wall", "cpu"], default="wall",
                        help="what --minutes counts (cpu: this process's CPU time, fair on a shared machine)")
+    p_zoo.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="an option for every chosen family that has it (repeatable), e.g. eval_images=50")
     p_zoo.add_argument("--no-progress", action="store_true")
 
     from .checkpoint import CheckpointError

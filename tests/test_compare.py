@@ -92,3 +92,21 @@ def test_tiny_zoo_trains_evaluates_and_writes_every_output(tmp_path, reference_c
             results = json.load(f)
         assert results["n_samples"] == 20 and results["train_cpu_seconds"] >= 0.004 * 60
         assert results["machine"]["cores"] >= 1
+
+
+def test_zoo_command_line_sets_an_option_for_every_family_that_has_it(tmp_path, reference_cache, capsys):
+    from minigen.cli import main
+
+    out = str(tmp_path / "zoo")
+    sets = ["hidden=16", "latent_dim=3", "batch_size=16", "eval_images=10", "eval_k=2"]
+    argv = ["zoo", "--minutes", "0.004", "--out", out, "--families", "vae", "--eval-samples", "10",
+            "--budget-clock", "cpu", "--no-progress"] + [w for s in sets for w in ("--set", s)]
+    assert main(argv) == 0
+    with open(os.path.join(out, "vae-seed0", "config.json")) as f:
+        config = json.load(f)["config"]
+    assert config["hidden"] == 16 and config["latent_dim"] == 3 and config["eval_images"] == 10
+    capsys.readouterr()
+    assert main(["zoo", "--minutes", "1", "--out", out, "--families", "vae", "--set", "no_such=1"]) == 2
+    assert "no chosen family has an option 'no_such'" in capsys.readouterr().err
+    assert main(["zoo", "--minutes", "1", "--out", out, "--families", "vae", "--set", "hidden"]) == 2
+    assert "--set takes KEY=VALUE" in capsys.readouterr().err
