@@ -89,7 +89,10 @@ def _as_array(data, dtype=None, device=None):
         # clearly integer/boolean (labels, indices).
         probe = np.asarray(data)
         dtype = probe.dtype if probe.dtype.kind in "biu" else backend.get_default_dtype()
-    array = backend.to_device(data, device) if backend.is_array(data) else xp.asarray(data, dtype=dtype)
+    if backend.is_array(data):   # already on ``device``: no to_device call (nothing to copy, nothing counted)
+        array = data if backend.device_of(data) == device else backend.to_device(data, device)
+    else:
+        array = xp.asarray(data, dtype=dtype)
     if dtype is not None and array.dtype != np.dtype(dtype):
         array = array.astype(dtype)
     return array
@@ -177,7 +180,11 @@ class Tensor:
     def __bool__(self):
         if self.data.size != 1:
             raise ValueError(f"the truth value of a tensor with {self.data.size} elements is ambiguous")
+        backend.note_read()   # a device value steering Python: a round trip on the GPU
         return bool(self.data)
+
+    def __float__(self):
+        return float(self.item())
 
     def __hash__(self):
         return id(self)
@@ -191,6 +198,7 @@ class Tensor:
         """The Python number held by a one-element tensor."""
         if self.data.size != 1:
             raise ValueError(f"item() needs a one-element tensor, got shape {self.shape}")
+        backend.note_read()   # counted by backend.count_transfers (one device -> host copy on the GPU)
         return self.data.reshape(()).item()
 
     def tolist(self):

@@ -17,18 +17,26 @@ What lives here
   tests switch to float64);
 * ``Generator``: an explicitly seeded random stream.  minigen never touches
   NumPy's or CuPy's global random state;
+* ``count_transfers()``: a mode that counts every host read and host-to-device
+  copy (the tests of the GPU path run it on the CPU), ``read_scalars`` (many device
+  scalars in one read) and ``StepLogs`` (a training step's logged numbers, read
+  lazily in one transfer);
 * ``tune_malloc()``: an explicit, process-wide glibc allocator setting that the
   benchmarks call (importing minigen changes nothing in the process).
 
-Random numbers are always drawn on the host by NumPy's PCG64 and then copied to
-the device.  That costs one host-to-device copy of the noise per draw, and buys
-two things a learner and a tester care about: the same seed gives the same
-numbers on the CPU and on the GPU, and a generator's state is a small dict that a
-checkpoint can store.
+Random numbers on the CPU are drawn by NumPy's PCG64.  On the GPU they are drawn
+on the device (cuRAND's Philox), so no noise crosses the bus: each draw reseeds the
+device generator with a 64-bit seed taken from the host PCG64 stream.  The host
+stream alone is therefore the whole state, a small dict that a checkpoint stores,
+and a resumed GPU run draws exactly the numbers it would have drawn.  The same seed
+gives different numbers on the CPU and on the GPU (the CPU streams are those of
+earlier versions, bit for bit).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -72,13 +80,25 @@ def _require_gpu():
 
 
 def check_device(device) -> str:
-    """Normalise a device name and reject unknown ones with a clear message."""
+    """Normalise a device name and reject unknown ones with a clear message.
+
+    "gpu", "cuda" and "cuda:0" name the current CUDA device.  Other indices
+    ("cuda:1") are refused: minigen has one GPU device, the current one, and
+    silently running on device 0 instead would surprise; pick the card with
+    ``CUDA_VISIBLE_DEVICES=1`` instead.
+    """
     if device is None:
         return get_default_device()
     if not isinstance(device, str):
         raise TypeError(f"device must be a string such as 'cpu' or 'gpu', got {device!r}")
     name = device.lower()
-    if name in ("cuda", "gpu") or name.startswith("cuda:"):
+    if name.startswith("cuda:") or name.startswith("gpu:"):
+        index = name.split(":", 1)[1]
+        if index != "0":
+            raise ValueError(f"device {device!r}: minigen uses one GPU, the current CUDA device; choose the card "
+                             f"with CUDA_VISIBLE_DEVICES={index} and pass device='gpu'")
+        name = "gpu"
+    if name == "cuda":
         name = "gpu"
     if name not in DEVICES:
         raise ValueError(f"unknown device {device!r}; minigen knows {DEVICES}")
@@ -115,8 +135,24 @@ def is_array(obj) -> bool:
     return isinstance(obj, np.ndarray) or type(obj).__module__.startswith("cupy")
 
 
+def is_host(array) -> bool:
+    """True when ``array``'s values can be looked at without a device round trip (NumPy, numbers, lists).
+
+    Ops use it to run value checks (label ranges, overflow guards) only where they
+    are free; device arrays skip them, their values having been checked where they
+    were made on the host (data loaders, label arguments of ``sample``).
+    """
+    return not type(array).__module__.startswith("cupy")
+
+
 def to_numpy(array) -> np.ndarray:
-    """A host NumPy copy (or the array itself when it already lives on the host)."""
+    """A host NumPy copy (or the array itself when it already lives on the host).
+
+    Counted as a read by ``count_transfers`` (on the CPU too: it is where a GPU
+    run would wait for the device).
+    """
+    if _counter is not None:
+        _counter.reads += 1
     if isinstance(array, np.ndarray):
         return array
     if _cupy is not None and isinstance(array, _cupy.ndarray):
@@ -125,12 +161,152 @@ def to_numpy(array) -> np.ndarray:
 
 
 def to_device(array, device):
-    """Move an array to ``device``; a no-op when it is already there."""
+    """Move an array to ``device``; a no-op when it is already there.
+
+    ``count_transfers`` counts a write for every host array handed in (on the CPU
+    too: those are the calls that copy host data up on a GPU run).
+    """
     device = check_device(device)
+    if _counter is not None and is_host(array):
+        _counter.writes += 1
     if device == "cpu":
-        return to_numpy(array)
+        return np.asarray(array) if is_host(array) else to_numpy(array)   # device -> host: a counted read
     cp = _require_gpu()
     return cp.asarray(array)
+
+
+def on_device(array, device):
+    """``array`` itself when it already lives on ``device`` (nothing copied or counted), else ``to_device``.
+
+    For arrays that are usually born on the right device (a generator's draws) but
+    may come from elsewhere (a CPU generator driving a GPU model).
+    """
+    device = check_device(device)
+    return array if device_of(array) == device else to_device(array, device)
+
+
+# ----------------------------------------------------------------------------
+# counting transfers, and reading many scalars at once
+# ----------------------------------------------------------------------------
+
+class TransferCount:
+    """What ``count_transfers`` counted: ``reads`` (device -> host) and ``writes`` (host -> device)."""
+
+    def __init__(self):
+        self.reads = 0
+        self.writes = 0
+
+    def __repr__(self):
+        return f"TransferCount(reads={self.reads}, writes={self.writes})"
+
+
+_counter = None   # the active TransferCount, or None (counting costs one `is not None` per transfer)
+
+
+@contextlib.contextmanager
+def count_transfers():
+    """``with count_transfers() as n: ...``; afterwards ``n.reads`` and ``n.writes`` hold the counts.
+
+    Reads: ``to_numpy``, ``Tensor.item`` / ``numpy`` / ``tolist`` / ``float()`` /
+    ``int()`` / ``bool()``, ``read_scalars`` (one per device).  Writes: host arrays
+    given to ``to_device``.  The CPU backend counts the same calls, so a test on
+    the CPU bounds what a training step costs on the GPU.  Nested blocks each count.
+    """
+    global _counter
+    outer, count = _counter, TransferCount()
+    _counter = count
+    try:
+        yield count
+    finally:
+        _counter = outer
+        if outer is not None:
+            outer.reads += count.reads
+            outer.writes += count.writes
+
+
+def note_read(n=1) -> None:
+    """Count ``n`` reads in an active ``count_transfers`` block (for conversions made outside this module)."""
+    if _counter is not None:
+        _counter.reads += n
+
+
+def read_scalars(values) -> list:
+    """Python floats for a list of numbers and one-element arrays, with one read per device.
+
+    The device scalars are stacked on their device (as float64) and copied to the
+    host together: one transfer instead of one per value.  Python numbers pass
+    through unchanged.  Each value must hold exactly one element.
+    """
+    values = list(values)
+    out = [None] * len(values)
+    by_device = {}
+    for i, v in enumerate(values):
+        if is_array(v):
+            by_device.setdefault(device_of(v), []).append(i)
+        else:
+            out[i] = float(v)
+    for device, idx in by_device.items():
+        xp = get_array_module(device)
+        stacked = xp.stack([xp.asarray(values[i], dtype=np.float64).reshape(()) for i in idx])
+        host = to_numpy(stacked)              # the one read for this device
+        for i, v in zip(idx, host.tolist()):
+            out[i] = v
+    return out
+
+
+class StepLogs(Mapping):
+    """A training step's logged numbers: a read-only mapping name -> float, read lazily in one transfer.
+
+    ``StepLogs({"loss": loss, "kl": kl, "lr": 1e-3})`` keeps 0-d Tensors / arrays
+    as device scalars (no graph) and numbers as they are.  The first access to a
+    value reads them all at once (``read_scalars``); until then nothing crosses the
+    bus, so a loop that logs every n-th step pays one read per logged step.
+    ``raw()`` gives the unread values, ``read_logs`` reads several at once.
+    """
+
+    def __init__(self, values):
+        self._raw = {}
+        for k, v in dict(values).items():
+            data = v.data if not is_array(v) and is_array(getattr(v, "data", None)) else v   # a Tensor: its array
+            if is_array(data) and data.size != 1:
+                raise ValueError(f"StepLogs: {k!r} must be one number, got shape {data.shape}")
+            self._raw[k] = data if is_array(data) else float(data)
+        self._floats = None
+
+    def raw(self) -> dict:
+        """The values as given: device scalars (arrays) and floats; nothing is read."""
+        return dict(self._raw)
+
+    def floats(self) -> dict:
+        """The values as Python floats (read once, in one transfer per device, then kept)."""
+        if self._floats is None:
+            self._floats = dict(zip(self._raw, read_scalars(self._raw.values())))
+        return self._floats
+
+    def __getitem__(self, key):
+        return self.floats()[key]
+
+    def __iter__(self):
+        return iter(self._raw)
+
+    def __contains__(self, key):
+        return key in self._raw        # a name lookup: nothing read (Mapping's default would read)
+
+    def __len__(self):
+        return len(self._raw)
+
+    def __repr__(self):
+        shown = self._floats if self._floats is not None else {k: "?" for k in self._raw}
+        return f"StepLogs({shown})"
+
+
+def read_logs(logs_list) -> None:
+    """Read every unread ``StepLogs`` in ``logs_list`` with one transfer per device (others are skipped)."""
+    pending = [logs for logs in logs_list if isinstance(logs, StepLogs) and logs._floats is None]
+    values = [v for logs in pending for v in logs._raw.values()]
+    floats = iter(read_scalars(values))
+    for logs in pending:
+        logs._floats = {k: next(floats) for k in logs._raw}
 
 
 def erf(array):
@@ -212,13 +388,17 @@ def set_default_dtype(dtype) -> None:
 class Generator:
     """An explicitly seeded random stream that hands out arrays on one device.
 
-    ``Generator(seed, device)``.  Numbers are drawn by NumPy's PCG64 on the host
-    and moved to the device, so a seed means the same numbers on every device.
+    ``Generator(seed, device)``.  On the CPU the numbers come from NumPy's PCG64.
+    On the GPU the normal, uniform, integer and Bernoulli draws are made on the
+    device by cuRAND (Philox), reseeded for every draw with a seed taken from the
+    host PCG64, so nothing is copied up and the host stream stays the whole state.
+    Permutations and weighted choices are drawn on the host (they index host data).
     ``get_state()`` returns a JSON-friendly dict; ``set_state`` restores it.
     """
 
     def __init__(self, seed=None, device=None):
         self.device = check_device(device)
+        self._device_rng = None   # the cuRAND generator of a GPU stream, made on its first draw
         self.manual_seed(seed)
 
     def manual_seed(self, seed):
@@ -245,43 +425,97 @@ class Generator:
             "bit_generator": "PCG64", "state": dict(state["state"]),
             "has_uint32": state["has_uint32"], "uinteger": state["uinteger"]}
 
-    # draws ------------------------------------------------------------------
+    # where to draw ------------------------------------------------------------
+    def _make_device_rng(self):
+        """A cuRAND generator for this stream's device (Philox: reseeding it is cheap)."""
+        cp = _require_gpu()
+        return cp.random.RandomState(0, method=cp.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10)
+
+    def _device_stream(self, device=None):
+        """None for the CPU (draw with PCG64); for the GPU the device generator, freshly reseeded.
+
+        ``device`` defaults to the generator's own.  The seed is the next 63-bit
+        number of the host stream, so the device draws are a function of the host
+        state alone (exact resume, nothing extra to save).
+        """
+        if (self.device if device is None else check_device(device)) == "cpu":
+            return None
+        if self._device_rng is None:
+            self._device_rng = self._make_device_rng()
+        self._device_rng.seed(int(self._rng.integers(0, 2**63 - 1)))
+        return self._device_rng
+
     def _out(self, array):
         return array if self.device == "cpu" else to_device(array, self.device)
 
-    def normal(self, shape, mean=0.0, std=1.0, dtype=None):
-        """Samples of N(mean, std^2) with the given shape."""
+    # draws ------------------------------------------------------------------
+    def normal(self, shape, mean=0.0, std=1.0, dtype=None, device=None):
+        """Samples of N(mean, std^2) with the given shape, on ``device`` (default: the generator's)."""
         dtype = np.dtype(dtype or _default_dtype)
-        z = self._rng.standard_normal(size=shape, dtype=dtype if dtype != np.float16 else np.float32)
+        draw_dtype = dtype if dtype != np.float16 else np.float32
+        rng = self._device_stream(device)
+        if rng is None:
+            z = self._rng.standard_normal(size=shape, dtype=draw_dtype)
+        else:   # on the device: no host -> device copy of the noise
+            z = rng.standard_normal(size=shape, dtype=draw_dtype)
         if mean != 0.0 or std != 1.0:
             z = z * dtype.type(std) + dtype.type(mean)
-        return self._out(z.astype(dtype, copy=False))
+        return z.astype(dtype, copy=False)
 
-    def uniform(self, shape, low=0.0, high=1.0, dtype=None):
-        """Samples of U[low, high) with the given shape."""
+    def uniform(self, shape, low=0.0, high=1.0, dtype=None, device=None):
+        """Samples of U[low, high) with the given shape, on ``device`` (default: the generator's).
+
+        A host generator asked for GPU numbers draws them on the GPU (seeded from its
+        host stream): the data generator of a run makes its noise where the batch is.
+        """
         dtype = np.dtype(dtype or _default_dtype)
-        u = self._rng.random(size=shape, dtype=dtype if dtype != np.float16 else np.float32)
+        draw_dtype = dtype if dtype != np.float16 else np.float32
+        rng = self._device_stream(device)
+        if rng is None:
+            u = self._rng.random(size=shape, dtype=draw_dtype)
+        else:   # on the device: no host -> device copy
+            u = rng.random_sample(size=shape, dtype=draw_dtype)
         if low != 0.0 or high != 1.0:
             u = u * dtype.type(high - low) + dtype.type(low)
-        return self._out(u.astype(dtype, copy=False))
+        return u.astype(dtype, copy=False)
 
-    def integers(self, low, high=None, shape=None, dtype=np.int64):
-        """Integers in [low, high) (or [0, low) when high is None)."""
-        return self._out(self._rng.integers(low, high, size=shape, dtype=dtype))
+    def integers(self, low, high=None, shape=None, dtype=np.int64, device=None):
+        """Integers in [low, high) (or [0, low) when high is None), on ``device`` (default: the generator's)."""
+        rng = self._device_stream(device)
+        if rng is None:
+            return self._rng.integers(low, high, size=shape, dtype=dtype)
+        if high is None:
+            low, high = 0, low
+        return rng.randint(low, high, size=shape, dtype=dtype)   # on the device: timesteps, labels
 
-    def bernoulli(self, p, shape=None, dtype=None):
-        """0/1 samples with success probability ``p`` (a float or a host array)."""
+    def host_integers(self, low, high=None, shape=None, dtype=np.int64):
+        """Integers as ``integers`` draws them, but always a host array (to index host data).
+
+        On the CPU it is exactly ``integers``; on the GPU it avoids drawing on the
+        device only to read the numbers back.
+        """
+        return self._rng.integers(low, high, size=shape, dtype=dtype)
+
+    def bernoulli(self, p, shape=None, dtype=None, device=None):
+        """0/1 samples with success probability ``p`` (a float, or an array on ``device``), on ``device``.
+
+        ``device`` defaults to the generator's own.
+        """
         dtype = np.dtype(dtype or _default_dtype)
-        p = to_numpy(p)
-        shape = np.shape(p) if shape is None else shape
-        return self._out((self._rng.random(size=shape) < p).astype(dtype))
+        if (self.device if device is None else check_device(device)) == "cpu":
+            p = np.asarray(p) if is_host(p) else to_numpy(p)
+            shape = np.shape(p) if shape is None else shape
+            return (self._rng.random(size=shape) < p).astype(dtype)
+        shape = tuple(getattr(p, "shape", np.shape(p))) if shape is None else shape
+        u = self._device_stream(device).random_sample(size=shape, dtype=np.float64)   # on the device
+        return (u < p).astype(dtype)
 
     def permutation(self, n):
-        """A random permutation of range(n) (int64)."""
+        """A random permutation of range(n) (int64), drawn on the host (it orders host data)."""
         return self._out(self._rng.permutation(n))
 
     def choice(self, n, size, replace=True, p=None):
-        """Indices drawn from range(n), optionally without replacement or weighted."""
+        """Indices drawn from range(n) on the host, optionally without replacement or weighted."""
         return self._out(self._rng.choice(n, size=size, replace=replace, p=None if p is None else to_numpy(p)))
 
     def spawn_seed(self) -> int:

@@ -49,10 +49,10 @@ def _as_param(value, name, cls, like=None):
         if value.dtype.kind != "f":
             raise TypeError(f"{cls}: {name} must be a floating tensor, got dtype {value.dtype}")
         return value
+    array = value if backend.is_array(value) else np.asarray(value)   # a CuPy array stays where it is
     if like is not None:
         xp = backend.xp_of(like.data)
-        return Tensor(xp.asarray(backend.to_device(np.asarray(value), like.device), dtype=like.dtype))
-    array = np.asarray(value)
+        return Tensor(xp.asarray(backend.on_device(array, like.device), dtype=like.dtype))
     dtype = array.dtype if array.dtype.kind == "f" else backend.get_default_dtype()
     return Tensor(array.astype(dtype))
 
@@ -248,8 +248,8 @@ class Categorical(Distribution):
 
     def log_prob(self, value):
         """log p(k) for integer classes ``value`` (broadcasting against the batch shape B...)."""
-        v = value.data if isinstance(value, Tensor) else np.asarray(value)
-        v = backend.to_device(v, self.device)
+        v = value.data if isinstance(value, Tensor) else value
+        v = backend.on_device(v if backend.is_array(v) else np.asarray(v), self.device)
         _broadcast_shape(v.shape, self.batch_shape, "Categorical", "log_prob: the value and the batch")
         rows = F.one_hot(v.reshape(-1), self.num_classes, self.dtype)         # (N, K), N = v.size
         return (rows.reshape(tuple(v.shape) + (self.num_classes,)) * self.log_probs).sum(dim=-1)

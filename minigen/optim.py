@@ -42,6 +42,19 @@ def _check_state(owner, state, keys):
                          f"(it has {sorted(map(str, state)) or 'no keys'}); pass what state_dict() returned")
 
 
+def _follow(arrays: dict, like) -> None:
+    """Move the arrays among ``arrays``' values to ``like``'s device and dtype, in place, if they differ.
+
+    An optimizer or EMA built before ``model.to("gpu")`` (or ``.to(np.float64)``)
+    holds host float32 moments; the parameters moved in place, so the state follows
+    them on the next step.  Checking costs a type and dtype comparison per array.
+    """
+    for key, value in arrays.items():
+        if backend.is_array(value) and (type(value) is not type(like) or value.dtype != like.dtype):
+            arrays[key] = backend.xp_of(like).asarray(backend.to_device(value, backend.device_of(like)),
+                                                      dtype=like.dtype)
+
+
 class _Scratch:
     """Reusable temporary arrays: ``get(like, slot)`` is an uninitialised array shaped like ``like``.
 
@@ -139,7 +152,10 @@ class Optimizer:
                 if g.shape != p.shape or type(g) is not type(p.data):
                     raise RuntimeError(f"{type(self).__name__}: gradient of shape {g.shape} on "
                                        f"{backend.device_of(g)} for a parameter of shape {p.shape} on {p.device}")
-                self._update(p.data, g, self.state.setdefault(p, {}), group)
+                state = self.state.setdefault(p, {})
+                if state:
+                    _follow(state, p.data)
+                self._update(p.data, g, state, group)
         return loss
 
     def _update(self, w, g, state, group):  # pragma: no cover - always overridden
@@ -369,11 +385,13 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
     """Scale all gradients together so that their joint norm is at most ``max_norm``.
 
         total = (sum_p ||g_p||^q)^(1/q)   (q = norm_type; max |g| for q = inf)
-        g_p <- g_p * max_norm / (total + 1e-6)      when total > max_norm
+        g_p <- g_p * min(1, max_norm / (total + 1e-6))
 
-    Returns the total norm before clipping (a 0-d Tensor).  Parameters without a
-    gradient are ignored.  A non-finite total raises with ``error_if_nonfinite``
-    and otherwise leaves the gradients unchanged.
+    Returns the total norm before clipping (a 0-d Tensor on the gradients' device).
+    Parameters without a gradient are ignored.  The total is one reduction on the
+    device and the scale is applied there too, so nothing is read to the host
+    (``error_if_nonfinite=True`` reads the total once, to raise).  A non-finite
+    total leaves the gradients unchanged.
     """
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     grads = [p.grad for p in params if p.grad is not None]
@@ -382,22 +400,29 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
     norm_type = float(norm_type)
     arrays = [g.data for g in grads]
     xp = backend.xp_of(arrays[0])
+    # one (len(grads),) array of per-gradient reductions, summed in float64 on the device: no host
+    # round trip per parameter (a UNet has ~90 of them)
     if norm_type == math.inf:
-        total = max(float(xp.abs(a).max()) for a in arrays if a.size)
+        maxima = [xp.abs(a).max() if a.size else xp.zeros((), a.dtype) for a in arrays]
+        total = xp.stack(maxima).astype(np.float64).max()
     elif norm_type == 2.0:
-        total = math.sqrt(sum(float(xp.vdot(a.ravel(), a.ravel())) for a in arrays))
+        total = xp.sqrt(xp.stack([xp.vdot(a.ravel(), a.ravel()) for a in arrays]).astype(np.float64).sum())
     else:
-        total = sum(float((xp.abs(a) ** norm_type).sum()) for a in arrays) ** (1.0 / norm_type)
-    if not math.isfinite(total) and error_if_nonfinite:
-        raise RuntimeError(f"clip_grad_norm_: the total norm of the gradients is {total}; "
-                           "pass error_if_nonfinite=False to carry on")
-    coef = max_norm / (total + 1e-6)
-    if coef < 1.0:
-        for p in params:
-            if p.grad is not None:
-                # out of place: a gradient array may be shared by two parameters
-                p.grad = Tensor(p.grad.data * p.grad.dtype.type(coef))
-    return Tensor(xp.asarray(total, dtype=arrays[0].dtype))
+        total = xp.stack([(xp.abs(a) ** norm_type).sum() for a in arrays]).astype(np.float64).sum() ** (1.0 / norm_type)
+    if error_if_nonfinite:
+        value = backend.read_scalars([total])[0]          # the one read, only when asked to raise
+        if not math.isfinite(value):
+            raise RuntimeError(f"clip_grad_norm_: the total norm of the gradients is {value}; "
+                               "pass error_if_nonfinite=False to carry on")
+    # coef = min(1, max_norm / (total + eps)) on the device, 1 (no change) for a non-finite total;
+    # multiplying by exactly 1 leaves a gradient bit for bit as it was
+    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    coef = xp.where(xp.isfinite(total), coef, 1.0)
+    for p in params:
+        if p.grad is not None:
+            # out of place: a gradient array may be shared by two parameters
+            p.grad = Tensor(p.grad.data * coef.astype(p.grad.dtype))
+    return Tensor(total.astype(arrays[0].dtype))
 
 
 # ----------------------------------------------------------------------------
@@ -510,7 +535,8 @@ class ExponentialMovingAverage:
     quickly.  Diffusion models sample from the EMA weights (notes §5; Ho et al.
     2020 use decay 0.9999).  Only parameters are averaged; buffers (BatchNorm
     statistics) are the model's own.  The shadow copies live on the model's
-    device and dtype at construction: build the EMA after ``model.to(...)``.
+    device and dtype; when the model moves (``model.to("gpu")`` after the EMA was
+    built) they follow it on the next ``update``.
 
         ema = ExponentialMovingAverage(model, decay=0.999)
         ...; opt.step(); ema.update()
@@ -526,6 +552,13 @@ class ExponentialMovingAverage:
         self.shadow = {name: backend.xp_of(p.data).array(p.data, copy=True) for name, p in model.named_parameters()}
         self._scratch = _Scratch()
 
+    def _shadow_like(self, name, like):
+        """The shadow of ``name``, first moved to ``like``'s device and dtype if the model moved since."""
+        one = {name: self.shadow[name]}
+        _follow(one, like)
+        self.shadow[name] = one[name]
+        return one[name]
+
     def current_decay(self) -> float:
         """The decay the next ``update()`` will use."""
         if self.warmup:
@@ -536,7 +569,7 @@ class ExponentialMovingAverage:
         """Move every shadow weight a step 1 - decay towards the model's current weight."""
         rate = 1.0 - self.current_decay()
         for name, p in self.model.named_parameters():
-            s = self.shadow[name]
+            s = self._shadow_like(name, p.data)
             diff = backend.xp_of(s).subtract(s, p.data, out=self._scratch.get(s))
             diff *= rate
             s -= diff                    # s <- s - (1 - decay)(s - p) = decay s + (1 - decay) p
@@ -549,7 +582,7 @@ class ExponentialMovingAverage:
             raise ValueError("ExponentialMovingAverage.copy_to: the model's parameter names differ from the "
                              f"averaged ones ({sorted(params.keys() ^ self.shadow.keys())})")
         for name, p in params.items():
-            p.data[...] = self.shadow[name]
+            p.data[...] = self._shadow_like(name, p.data)
 
     @contextlib.contextmanager
     def average_parameters(self, model=None):

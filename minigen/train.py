@@ -467,6 +467,7 @@ def run_loop(run, progress=True):
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=run.recipe_cls.name, dynamic_ncols=True)
     batches = iter(run.loader)
     pending_rows = []
+    unread = []    # (step, logs) of the steps whose logged numbers have not been read from the device yet
     last_plot = time.perf_counter()
     recipe.train(True)
     try:
@@ -482,16 +483,18 @@ def run_loop(run, progress=True):
             logs = recipe.train_step(x, y)
             step += 1
             recipe.step = step
-            bad = {k: v for k, v in logs.items() if k.startswith("loss") and not math.isfinite(v)}
-            if "loss" not in logs or bad:
-                where = (f"the last good checkpoint is {run.checkpoint_path} (step {last_good})"
-                         if last_good is not None else "no checkpoint was written yet")
-                what = ", ".join(f"{k} is {v}" for k, v in bad.items()) or "no loss was returned"
-                raise NonFiniteLossError(f"step {step}: {what}; stopping. {where}. "
-                                         "Try a lower --lr or check the data.")
+            if "loss" not in logs:
+                _raise_non_finite(run, step, {}, last_good)
+            unread.append((step, logs))
             out_of_time = clock.over_budget(config)
             last = step == config.steps or out_of_time
-            if step % config.log_every == 0 or last:
+            logging = step % config.log_every == 0 or last
+            if logging or step % config.checkpoint_every == 0 or stop.requested:
+                # the losses of every step since the last look, read in one transfer (none on the other
+                # steps): a non-finite loss still stops the run, naming its step, before any checkpoint
+                _check_losses(run, unread, last_good)
+                unread = []
+            if logging:
                 wall, cpu = clock.seconds()
                 pending_rows.append({"step": step, **{k: float(v) for k, v in logs.items()},
                                      "train_seconds": round(wall, 3), "train_cpu_seconds": round(cpu, 3)})
@@ -521,6 +524,7 @@ def run_loop(run, progress=True):
             print(f"\ninterrupted inside step {step + 1}; its half-done update was not saved and {kept}. "
                   f"Continue with: python -m minigen train --resume {run.run_dir}")
             raise
+        _check_losses(run, unread, last_good)   # never checkpoint past a non-finite loss nobody read
         _checkpoint(run, step, clock.seconds(), last_good, rows=[r for r in pending_rows if r["step"] <= step])
         print(f"\ninterrupted at step {step}; checkpoint saved. Continue with: "
               f"python -m minigen train --resume {run.run_dir}")
@@ -534,6 +538,28 @@ def run_loop(run, progress=True):
     bar.close()
     run.step = step
     return step
+
+
+def _check_losses(run, unread, last_good):
+    """Read the logs of the ``unread`` (step, logs) pairs together; stop at the first non-finite loss.
+
+    A recipe's ``train_step`` may return a ``backend.StepLogs`` whose numbers are still
+    on the device: ``backend.read_logs`` copies all of them to the host in one transfer.
+    Plain dicts of floats (recipes that read their own numbers) pass through.
+    """
+    backend.read_logs([logs for _, logs in unread])
+    for step, logs in unread:
+        bad = {k: v for k, v in logs.items() if k.startswith("loss") and not math.isfinite(v)}
+        if bad:
+            _raise_non_finite(run, step, bad, last_good)
+
+
+def _raise_non_finite(run, step, bad, last_good):
+    """Raise the ``NonFiniteLossError`` of ``step`` (``bad``: the non-finite losses; empty: no loss returned)."""
+    where = (f"the last good checkpoint is {run.checkpoint_path} (step {last_good})"
+             if last_good is not None else "no checkpoint was written yet")
+    what = ", ".join(f"{k} is {v}" for k, v in bad.items()) or "no loss was returned"
+    raise NonFiniteLossError(f"step {step}: {what}; stopping. {where}. Try a lower --lr or check the data.")
 
 
 def shown_keys(row):

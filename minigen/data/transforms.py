@@ -50,7 +50,7 @@ def binarize_dynamic(x, generator):
     a regulariser (Salakhutdinov & Murray 2008 binarize MNIST this way).
     """
     dtype = _float_dtype(x)
-    u = backend.to_device(generator.uniform(x.shape, dtype=np.float32), backend.device_of(x))
+    u = generator.uniform(x.shape, dtype=np.float32, device=backend.device_of(x))   # drawn where x lives
     return (u < x).astype(dtype)
 
 
@@ -95,7 +95,7 @@ def dequantize(x, generator):
     dtype = _float_dtype(x)
     xp = backend.xp_of(x)
     levels = xp.round(x * 255)  # recover the integer level exactly despite float error in k / 255
-    u = backend.to_device(generator.uniform(x.shape, dtype=dtype), backend.device_of(x))
+    u = generator.uniform(x.shape, dtype=dtype, device=backend.device_of(x))   # drawn where x lives
     y = ((levels + u) / 256).astype(dtype)
     # k + u can round up to k + 1 in float32: keep y strictly below the next level's start (k + 1) / 256
     return xp.minimum(y, xp.nextafter(((levels + 1) / 256).astype(dtype), dtype.type(0)))

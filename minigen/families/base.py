@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backend
+from ..autograd import Tensor
 
 __all__ = ["TrainingError", "NonFiniteLossError", "RunConfig", "Recipe", "make_config", "field_help"]
 
@@ -137,12 +138,31 @@ class Recipe:
         return x, y
 
     def train_step(self, x, y) -> dict:
-        """One optimisation step on a prepared batch; returns a dict of floats that contains ``loss``."""
+        """One optimisation step on a prepared batch; returns a mapping that contains ``loss``.
+
+        Either a dict of floats, or a ``backend.StepLogs`` of device scalars: the loop
+        then reads them only on logging and checkpoint steps, all in one transfer.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement train_step")
 
     def sample(self, n, generator, labels=None) -> np.ndarray:
         """``n`` images as a host array (n, C, H, W) in [0, 1], for class ``labels`` (n,) if given."""
         raise NotImplementedError(f"{type(self).__name__} must implement sample")
+
+    def sampling_labels(self, n, generator, labels=None):
+        """The class labels of ``n`` conditional samples, as a (n,) int64 Tensor on the run's device.
+
+        ``labels`` given: checked (n integers in [0, num_classes)); else drawn uniformly from
+        ``generator``.  None for an unconditional family.  Conditional recipes set ``num_classes``.
+        """
+        if not self.conditional:
+            return None
+        if labels is None:
+            labels = generator.host_integers(0, self.num_classes, shape=(n,))   # host: checked, then sent once
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"{self.name}: labels must be {n} integers in [0, {self.num_classes}), got {labels}")
+        return Tensor(backend.to_device(labels, self.device))
 
     def evaluate(self, x, y, generator) -> dict:
         """Family-specific test metrics of a batch (images (B, C, H, W), labels (B,)); a dict, empty here."""

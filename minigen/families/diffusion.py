@@ -110,6 +110,7 @@ class DDPMRecipe(Recipe):
         self.image_shape = tuple(data.images.shape[1:])   # (C, H, W)
         init_gen = type(generator)(config.seed, "cpu")
         self.net = ddpm.build_denoiser(config, self.image_shape, self.num_classes, init_gen).to(device)
+        ddpm.draw_dropout_from(self.net, generator)       # masks from the checkpointed stream: exact resumes
         self.diffusion = ddpm.GaussianDiffusion(config.schedule, T=config.T, objective=config.objective,
                                                 loss_type=config.loss_type, variance=config.variance)
         self.opt = optim.Adam(self.net.parameters(), lr=config.lr)
@@ -163,16 +164,6 @@ class DDPMRecipe(Recipe):
                                self.generator, label_dropout=c.label_dropout, grad_clip=c.grad_clip,
                                lr_scheduler=self.lr_scheduler, ema=self.ema)
 
-    def _labels_for(self, n, generator, labels):
-        if not self.conditional:
-            return None
-        if labels is None:
-            labels = backend.to_numpy(generator.integers(0, self.num_classes, shape=(n,)))
-        labels = np.asarray(labels, dtype=np.int64)
-        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"{self.name}: labels must be {n} integers in [0, {self.num_classes}), got {labels}")
-        return Tensor(backend.to_device(labels, self.device))
-
     def generate(self, n, generator, labels=None, sampler=None, steps=None, eta=None, guidance_scale=None,
                  record=None, progress=False):
         """n images with the EMA weights, in [-1, 1] (and the trajectory when ``record`` is set).
@@ -183,7 +174,7 @@ class DDPMRecipe(Recipe):
         shape = (n,) + self.image_shape
         if not self.conditional:
             guidance_scale = 1.0            # nothing to guide: the plain model
-        kw = dict(y=self._labels_for(n, generator, labels), record=record, progress=progress,
+        kw = dict(y=self.sampling_labels(n, generator, labels), record=record, progress=progress,
                   guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale)
         with no_grad(), self.ema.average_parameters():
             if (sampler or cfg.sampler) == "ddpm":

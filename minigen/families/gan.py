@@ -18,24 +18,30 @@ from ..data.transforms import from_symmetric_range, to_symmetric_range
 from ..models import gan
 from .base import Recipe, RunConfig
 
-__all__ = ["GANRunConfig", "DCGANRunConfig", "CGANRunConfig", "GANRecipe", "DCGANRecipe", "CGANRecipe"]
+__all__ = ["TwoAdamOptions", "GANRunConfig", "DCGANRunConfig", "CGANRunConfig", "GANRecipe", "DCGANRecipe", "CGANRecipe"]
 
 
 @dataclass
-class GANRunConfig(RunConfig, gan.GANConfig):
-    lr: float = 2e-4                  # generator's Adam learning rate
+class TwoAdamOptions:
+    """The optimizer options of a two-player game: G's rate is the run's ``lr``, D's is ``lr_d``."""
+
     lr_d: float = 2e-4                # discriminator's Adam learning rate
     beta1: float = 0.5                # Adam beta1 for both (Radford et al.: 0.9 makes training oscillate)
-    steps: int = 10000                # generator steps, each after k discriminator steps
-    batch_size: int = 64              # real (and fake) images per minibatch
-    sample_every: int = 2000          # steps between sample grids
 
     def validate(self):
-        super().validate()
+        """Called by ``RunConfig.validate`` with the other model-half checks."""
         if not self.lr_d > 0:
             raise ValueError(f"config: lr_d must be positive, got {self.lr_d}")
         if not 0.0 <= self.beta1 < 1.0:
             raise ValueError(f"config: beta1 must lie in [0, 1), got {self.beta1}")
+
+
+@dataclass
+class GANRunConfig(RunConfig, gan.GANConfig, TwoAdamOptions):
+    lr: float = 2e-4                  # generator's Adam learning rate
+    steps: int = 10000                # generator steps, each after k discriminator steps
+    batch_size: int = 64              # real (and fake) images per minibatch
+    sample_every: int = 2000          # steps between sample grids
 
 
 @dataclass
@@ -92,7 +98,7 @@ class GANRecipe(Recipe):
 
     def _random_real_batch(self, n):
         """A fresh real minibatch for the extra discriminator steps: n rows drawn with the model generator."""
-        rows = backend.to_numpy(self.generator.integers(0, len(self._images), shape=(n,)))
+        rows = self.generator.host_integers(0, len(self._images), shape=(n,))   # host rows of host images
         x = Tensor(backend.to_device(self._images[rows], self.device))
         y = Tensor(backend.to_device(self._labels[rows], self.device))
         return self.prepare(x, y, None)
@@ -106,16 +112,9 @@ class GANRecipe(Recipe):
 
         return gan.gan_step(self.G, self.D, self.opt_g, self.opt_d, real_batches(), self._noise, self.config.g_loss)
 
-    def _labels_for(self, n, generator, labels):
-        if not self.conditional:
-            return None
-        if labels is None:
-            labels = backend.to_numpy(generator.integers(0, self.num_classes, shape=(n,)))
-        return Tensor(backend.to_device(np.asarray(labels, dtype=np.int64), self.device))
-
     def sample(self, n, generator, labels=None):
         """n images in [0, 1] (host, NCHW); a conditional recipe draws labels uniformly unless given."""
-        x = gan.generate(self.G, n, self.config.latent_dim, generator, self._labels_for(n, generator, labels))
+        x = gan.generate(self.G, n, self.config.latent_dim, generator, self.sampling_labels(n, generator, labels))
         return np.clip(from_symmetric_range(x.numpy()), 0.0, 1.0)
 
     def evaluate(self, x, y, generator):

@@ -32,26 +32,21 @@ from ..metrics.classifier import get_classifier
 from ..metrics.sample_quality import conditional_accuracy, frechet_distance
 from ..models import lapgan
 from .base import Recipe, RunConfig, TrainingError
+from .gan import TwoAdamOptions
 
 __all__ = ["LAPGANRunConfig", "LAPGANRecipe", "ConditionalLAPGANRecipe"]
 
 
 @dataclass
-class LAPGANRunConfig(RunConfig, lapgan.LAPGANConfig):
+class LAPGANRunConfig(RunConfig, lapgan.LAPGANConfig, TwoAdamOptions):
     level: int = -1                   # level this run trains: -1 every level each step, k: level k only (0 = finest)
-    lr: float = 2e-4                  # every generator's Adam learning rate
-    lr_d: float = 2e-4                # every discriminator's Adam learning rate
-    beta1: float = 0.5                # Adam beta1 for all of them (Radford et al.: 0.9 makes GANs oscillate)
+    lr: float = 2e-4                  # every generator's Adam learning rate (every D's: lr_d)
     steps: int = 4000                 # loop steps; each trains every level once (0.22 CPU s each: ~15 CPU minutes)
     batch_size: int = 64              # real images per minibatch (their pyramid feeds every level)
     sample_every: int = 1000          # steps between sample grids
 
     def validate(self):
         super().validate()
-        if not self.lr_d > 0:
-            raise ValueError(f"config: lr_d must be positive, got {self.lr_d}")
-        if not 0.0 <= self.beta1 < 1.0:
-            raise ValueError(f"config: beta1 must lie in [0, 1), got {self.beta1}")
         if not -1 <= self.level < self.levels:
             raise ValueError(f"config: level must be -1 (all) or in [0, {self.levels - 1}], got {self.level}")
 
@@ -94,16 +89,9 @@ class LAPGANRecipe(Recipe):
                                   self.generator, self.trained_levels, self.config.g_loss)
         return {key: value for key, value in stats.items() if key.startswith("loss")}  # 2 curves per level
 
-    def _labels_for(self, n, generator, labels):
-        if not self.conditional:
-            return None
-        if labels is None:
-            labels = backend.to_numpy(generator.integers(0, self.num_classes, shape=(n,)))
-        return Tensor(backend.to_device(np.asarray(labels, dtype=np.int64), self.device))
-
     def sample_pyramid(self, n, generator, labels=None):
         """The sampling chain as host arrays in [0, 1]: [I~_K, ..., I~_0] (7x7, 14x14, 28x28 for MNIST)."""
-        chain = self.model.sample_chain(n, generator, self._labels_for(n, generator, labels))
+        chain = self.model.sample_chain(n, generator, self.sampling_labels(n, generator, labels))
         return [np.clip(from_symmetric_range(image.numpy()), 0.0, 1.0) for image in chain]
 
     def sample(self, n, generator, labels=None):

@@ -176,16 +176,6 @@ class LDMRecipe(Recipe):
     def prepare(self, x, y, generator):
         return Tensor(self._observe(x.data, generator)), y
 
-    def _labels_for(self, n, generator, labels):
-        if not self.conditional:
-            return None
-        if labels is None:
-            labels = backend.to_numpy(generator.integers(0, self.num_classes, shape=(n,)))
-        labels = np.asarray(labels, dtype=np.int64)
-        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"{self.name}: labels must be {n} integers in [0, {self.num_classes}), got {labels}")
-        return Tensor(backend.to_device(labels, self.device))
-
     # the phases ----------------------------------------------------------------
     @property
     def in_first_phase(self):
@@ -238,7 +228,7 @@ class LDMRecipe(Recipe):
         cfg = self.config
         guidance = 1.0 if not self.conditional else (cfg.guidance_scale if guidance_scale is None else guidance_scale)
         with no_grad(), self.ema.average_parameters():
-            return self.ldm.sample_latents(n, generator, self._labels_for(n, generator, labels),
+            return self.ldm.sample_latents(n, generator, self.sampling_labels(n, generator, labels),
                                            sampler or cfg.sampler, steps or cfg.sample_steps,
                                            cfg.eta if eta is None else eta, guidance, record=record)
 

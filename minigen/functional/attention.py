@@ -79,7 +79,8 @@ class ScaledDotProductAttention(Function):
         # Masked rows (-inf) always take the shifted path, where a row masked out
         # entirely (max -inf) is shifted by 0 instead of giving -inf - (-inf) = nan.
         T = 0.5 * (math.log(float(xp.finfo(s.dtype).max)) - math.log(max(s.shape[-1], 1)))
-        if s.size and not (s.max() <= T and s.min() >= -T):
+        # the shortcut reads two numbers: free on the host, a stall on the GPU (which always shifts)
+        if s.size and not (backend.is_host(s) and s.max() <= T and s.min() >= -T):
             m = s.max(axis=-1, keepdims=True)
             s -= xp.where(xp.isfinite(m), m, 0)
         xp.exp(s, out=s)
@@ -189,8 +190,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     keep = None
     if dropout_p > 0.0:
         gen = generator if generator is not None else backend.default_generator(query.device)
-        keep = gen.bernoulli(1.0 - dropout_p, score_shape, dtype=dtype)
-        keep = backend.to_device(keep, query.device) * dtype.type(1.0 / (1.0 - dropout_p))
+        keep = gen.bernoulli(1.0 - dropout_p, score_shape, dtype=dtype, device=query.device)
+        keep *= dtype.type(1.0 / (1.0 - dropout_p))
 
     scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
     fn = ScaledDotProductAttention(scale, keep)

@@ -43,6 +43,7 @@ upsampling's adjoint sums each 2x2 block of the gradient).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -524,6 +525,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
 # small (out, in) matrix A (any other size, and bilinear): y = A x along that
 # axis, adjoint gx = A^T gy.
 
+@functools.lru_cache(maxsize=256)   # one plan per size: its matrix can then stay on the device
 def _nearest_axis(n_in, n_out, scale):
     """PyTorch's nearest rule: source index floor(dst * scale), clamped to the input.
 
@@ -541,9 +543,11 @@ def _nearest_axis(n_in, n_out, scale):
         src = np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * step).astype(np.int64), n_in - 1)
     A = np.zeros((n_out, n_in))
     A[np.arange(n_out), src] = 1.0
+    A.flags.writeable = False          # cached and shared
     return ("matrix", A)
 
 
+@functools.lru_cache(maxsize=256)   # one plan per size: its matrix can then stay on the device
 def _bilinear_axis(n_in, n_out, scale, align_corners):
     """Weights of linear interpolation along one axis, PyTorch's source coordinates.
 
@@ -565,7 +569,25 @@ def _bilinear_axis(n_in, n_out, scale, align_corners):
     A = np.zeros((n_out, n_in))
     np.add.at(A, (np.arange(n_out), lo), 1.0 - frac)
     np.add.at(A, (np.arange(n_out), hi), frac)
+    A.flags.writeable = False          # cached and shared
     return ("matrix", A)
+
+
+_MATRICES = {}   # (id(host matrix), device, dtype) -> (host matrix, its copy there)
+
+
+def _matrix_like(A, x):
+    """The cached plan matrix A (host float64) in x's dtype on x's device, converted and copied once.
+
+    Saves a host -> device copy of A on every call on the GPU (and the cast on the CPU).
+    """
+    key = (id(A), backend.device_of(x), x.dtype.str)
+    entry = _MATRICES.get(key)
+    if entry is None or entry[0] is not A:          # an id reused after the plan cache let A go
+        if len(_MATRICES) > 1024:
+            _MATRICES.clear()
+        entry = _MATRICES[key] = (A, backend.to_device(A.astype(x.dtype), backend.device_of(x)))
+    return entry[1]
 
 
 def _apply_axis(x, plan, axis, adjoint):
@@ -579,7 +601,7 @@ def _apply_axis(x, plan, axis, adjoint):
             return xp.repeat(x, val, axis=axis)
         shape = x.shape[:axis] + (x.shape[axis] // val, val) + x.shape[axis + 1:]
         return x.reshape(shape).sum(axis=axis + 1)  # the adjoint of repeating: sum each block
-    A = backend.to_device(val.astype(x.dtype), backend.device_of(x))
+    A = _matrix_like(val, x)
     A = A.T if adjoint else A  # y = A x along the axis; the adjoint applies A^T
     if axis == 3:
         return x @ A.T

@@ -124,7 +124,7 @@ def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"
     if isinstance(var, (int, float, np.number)):
         var = Tensor(xp_of(input.data).full(input.shape, var, dtype=input.dtype))
     var = _as_float(var, input)
-    if bool((var.data < 0).any()):
+    if backend.is_host(var.data) and bool((var.data < 0).any()):   # free on the host; no device read
         raise ValueError(f"{name}: var has negative entries")
     if var.shape != input.shape:
         if var.shape == input.shape[:-1]:
@@ -267,7 +267,7 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):  # noqa:
     target = _as_float(target, input)
     _same_shape(input, target, name)
     p = input.data
-    if bool(((p < 0) | (p > 1)).any()):
+    if backend.is_host(p) and bool(((p < 0) | (p > 1)).any()):     # free on the host; no device read
         raise ValueError(f"{name}: input must hold probabilities in [0, 1] (found values from "
                          f"{float(p.min()):.4g} to {float(p.max()):.4g}); for logits use "
                          "binary_cross_entropy_with_logits")
@@ -292,7 +292,7 @@ def _class_dim(input, loss):
 def _class_targets(input, target, loss):
     """Integer class targets as an array on input's device, checked for shape and range."""
     t = target.data if isinstance(target, Tensor) else target
-    t = backend.to_device(t if hasattr(t, "dtype") else np.asarray(t), input.device)
+    t = backend.on_device(t if backend.is_array(t) else np.asarray(t), input.device)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{loss}: target must hold integer class indices, got dtype {t.dtype}")
     want = () if input.ndim == 1 else input.shape[:1] + input.shape[2:]
@@ -300,7 +300,7 @@ def _class_targets(input, target, loss):
         raise ValueError(f"{loss}: class-index target of shape {t.shape} does not fit input of shape "
                          f"{input.shape}; expected target shape {want} (the input without its class dim)")
     C = input.shape[_class_dim(input, loss)]
-    if t.size:
+    if t.size and backend.is_host(t):   # free on the host; device targets were checked where they were made
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= C:
             raise IndexError(f"{loss}: class index {lo if lo < 0 else hi} is out of range for "

@@ -1015,7 +1015,7 @@ def dropout(x, p=0.5, training=True, generator=None):
     if p == 1.0:
         return Dropout(xp.zeros(x.shape, dtype=x.dtype))(x)
     gen = generator if generator is not None else backend.default_generator(x.device)
-    u = backend.to_device(gen.uniform(x.shape, dtype=x.dtype), x.device)
+    u = gen.uniform(x.shape, dtype=x.dtype, device=x.device)
     mask = (u >= p).astype(x.dtype)  # kept with probability 1 - p
     mask *= 1.0 / (1.0 - p)          # inverted scaling: evaluation needs no rescaling
     return Dropout(mask)(x)

@@ -511,11 +511,12 @@ def embedding(indices, weight):
         shape = weight.shape if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"embedding: weight must be a 2-D (num_embeddings, dim) Tensor, got {shape}")
     idx = indices.data if isinstance(indices, Tensor) else indices
-    idx = backend.to_device(idx if backend.is_array(idx) else np.asarray(idx), weight.device)
+    idx = backend.on_device(idx if backend.is_array(idx) else np.asarray(idx), weight.device)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
     V = weight.shape[0]
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= V):
+    # checked where it is free (host indices): on the GPU it would stall every call on a device read
+    if idx.size and backend.is_host(idx) and (int(idx.min()) < 0 or int(idx.max()) >= V):
         raise IndexError(f"embedding: index out of range: indices span [{int(idx.min())}, {int(idx.max())}] "
                          f"but the table has {V} rows")
     return GetItem(idx)(weight)
@@ -539,7 +540,8 @@ def one_hot(labels, num_classes, dtype=None):
         raise ValueError(f"one_hot: labels must be 1-D (B,), got shape {tuple(idx.shape)}")
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"one_hot: num_classes must be a positive int, got {num_classes!r}")
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= num_classes):
+    # checked where it is free (host labels): on the GPU it would stall every call on a device read
+    if idx.size and backend.is_host(idx) and (int(idx.min()) < 0 or int(idx.max()) >= num_classes):
         raise ValueError(f"one_hot: labels must lie in [0, {num_classes}), "
                          f"got values in [{int(idx.min())}, {int(idx.max())}]")
     xp = xp_of(idx)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import backend
 from .. import functional as F
 from .. import nn
 
@@ -114,10 +115,10 @@ def reconstruction_loss(output, x, loss="bce"):
 def train_step(model, opt, x, loss="bce"):
     """One step on a minibatch x (B, C, H, W): the reconstruction loss of notes §1, backprop, update.
 
-    Returns {"loss": per-image reconstruction loss}.
+    Returns a ``backend.StepLogs`` {"loss": per-image reconstruction loss} (read when first looked at).
     """
     opt.zero_grad()
     value = reconstruction_loss(model(x), x, loss)
     value.backward()
     opt.step()
-    return {"loss": value.item()}
+    return backend.StepLogs({"loss": value})

@@ -48,7 +48,8 @@ from ..autograd import Tensor, no_grad
 from ..creation import ones_like, zeros_like
 
 __all__ = ["value_function", "discriminator_loss", "generator_loss", "optimal_discriminator",
-           "GENERATOR_LOSSES", "frozen", "mean_probability", "discriminator_step", "generator_step", "gan_step",
+           "GENERATOR_LOSSES", "frozen", "mean_probability", "mean_probability_on_device", "discriminator_step",
+           "generator_step", "gan_step",
            "sample_noise", "generate", "MLPGenerator", "MLPDiscriminator",
            "DCGANGenerator", "DCGANDiscriminator", "dcgan_init_", "build_gan", "GANConfig"]
 
@@ -145,10 +146,16 @@ def frozen(module):
             p.requires_grad_(flag)
 
 
+def mean_probability_on_device(logits):
+    """Mean of D = sigmoid(l) over a batch, as a 0-d float64 array on the logits' device (for logs, unread)."""
+    xp = backend.xp_of(logits.data)
+    l = logits.data.astype(np.float64)
+    return xp.mean(0.5 * (1.0 + xp.tanh(0.5 * l)))  # sigmoid via tanh: no overflow for large |l|
+
+
 def mean_probability(logits):
-    """Mean of D = sigmoid(l) over a batch, as a float (for logs)."""
-    l = backend.to_numpy(logits.data).astype(np.float64)
-    return float(np.mean(0.5 * (1.0 + np.tanh(0.5 * l))))  # sigmoid via tanh: no overflow for large |l|
+    """Mean of D = sigmoid(l) over a batch, as a float (for logs; one read)."""
+    return backend.read_scalars([mean_probability_on_device(logits)])[0]
 
 
 def discriminator_step(D, opt_d, x_real, x_fake, cond=None):
@@ -160,7 +167,8 @@ def discriminator_step(D, opt_d, x_real, x_fake, cond=None):
     from p_data; x_fake (B', ...) generated without a graph (or detached), so
     only D's parameters receive gradients.  ``cond``: the condition shared by
     both batches (labels for a cGAN), or None.
-    Returns {"loss_d": L_D, "d_real": mean D(x), "d_fake": mean D(G(z))}.
+    Returns a ``backend.StepLogs`` {"loss_d": L_D, "d_real": mean D(x), "d_fake": mean D(G(z))}
+    (device scalars, read in one transfer when first looked at).
     """
     opt_d.zero_grad()
     real_logits = _call(D, x_real, cond)
@@ -168,7 +176,8 @@ def discriminator_step(D, opt_d, x_real, x_fake, cond=None):
     loss = discriminator_loss(real_logits, fake_logits)
     loss.backward()
     opt_d.step()
-    return {"loss_d": loss.item(), "d_real": mean_probability(real_logits), "d_fake": mean_probability(fake_logits)}
+    return backend.StepLogs({"loss_d": loss, "d_real": mean_probability_on_device(real_logits),
+                             "d_fake": mean_probability_on_device(fake_logits)})
 
 
 def generator_step(G, D, opt_g, z, cond=None, loss="non-saturating"):
@@ -179,7 +188,7 @@ def generator_step(G, D, opt_g, z, cond=None, loss="non-saturating"):
     z (B, latent_dim) fresh noise; ``cond`` as in ``discriminator_step``.  D is
     frozen (``frozen``): the gradient flows through D's layers to the fakes and
     on into G, but D's weights get none.
-    Returns {"loss_g": L_G, "d_fake_g": mean D(G(z)) seen by this step}.
+    Returns a ``backend.StepLogs`` {"loss_g": L_G, "d_fake_g": mean D(G(z)) seen by this step}.
     """
     opt_g.zero_grad()
     with frozen(D):
@@ -187,7 +196,7 @@ def generator_step(G, D, opt_g, z, cond=None, loss="non-saturating"):
         loss_g = generator_loss(fake_logits, loss)
         loss_g.backward()
     opt_g.step()
-    return {"loss_g": loss_g.item(), "d_fake_g": mean_probability(fake_logits)}
+    return backend.StepLogs({"loss_g": loss_g, "d_fake_g": mean_probability_on_device(fake_logits)})
 
 
 def gan_step(G, D, opt_g, opt_d, real_batches, noise, loss="non-saturating"):
@@ -202,19 +211,20 @@ def gan_step(G, D, opt_g, opt_d, real_batches, noise, loss="non-saturating"):
     step uses the condition of the last real minibatch (labels then follow the
     data's label distribution).  ``noise(n)`` returns z (n, latent_dim).
     Returns the last discriminator step's stats, the generator step's and
-    "loss": the last L_D = -V on a minibatch (log 4 ~ 1.386 at the equilibrium).
+    "loss": the last L_D = -V on a minibatch (log 4 ~ 1.386 at the equilibrium), as one
+    ``backend.StepLogs`` (nothing is read until a value is looked at; then one transfer).
     """
     stats, cond, batch = {}, None, None
     for x_real, cond in real_batches:
         batch = len(x_real)
         with no_grad():  # the fakes are constants for D's step: no graph through G
             x_fake = _call(G, noise(batch), cond)
-        stats.update(discriminator_step(D, opt_d, x_real, x_fake, cond))
+        stats.update(discriminator_step(D, opt_d, x_real, x_fake, cond).raw())
     if batch is None:
         raise ValueError("gan_step: real_batches held no minibatch (k must be at least 1)")
-    stats.update(generator_step(G, D, opt_g, noise(batch), cond, loss))
+    stats.update(generator_step(G, D, opt_g, noise(batch), cond, loss).raw())
     stats["loss"] = stats["loss_d"]
-    return stats
+    return backend.StepLogs(stats)
 
 
 def sample_noise(n, latent_dim, generator, dtype=None):

@@ -204,7 +204,8 @@ class GaussianMixture:
                 L = xp.linalg.cholesky(mats[k])
             except np.linalg.LinAlgError:
                 L = None
-            if L is None or bool(xp.isnan(L).any()):
+            # cupy.linalg.cholesky does not raise on a matrix that is not positive definite: it returns NaN
+            if L is None or not bool(xp.isfinite(L).all()):
                 raise ValueError(f"GaussianMixture: the covariance of component {k} is not positive definite "
                                  f"(collapsed onto too few points or constant features); increase reg_covar "
                                  f"(now {self.reg_covar})")

@@ -455,7 +455,7 @@ class LatentDiffusion:
         with no_grad():
             for step in tqdm(range(d.T), disable=not progress, desc=desc, mininterval=2.0, leave=False):
                 t = Tensor(xp.full(b, step, dtype=np.int64))
-                noise = Tensor(backend.to_device(generator.normal(u0.shape, dtype=d.dtype), device))
+                noise = Tensor(generator.normal(u0.shape, dtype=d.dtype, device=device))
                 u_t = d.q_sample(u0, t, noise)
                 x0_hat = backend.to_numpy(d.model_predictions(self.denoiser, u_t, t, y).x0.data)
                 ut64 = backend.to_numpy(u_t.data).astype(np.float64).reshape(b, -1)

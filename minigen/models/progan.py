@@ -52,6 +52,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import backend
 from .. import functional as F
 from .. import nn
 from ..autograd import Tensor, grad, no_grad
@@ -390,8 +391,9 @@ def discriminator_step(D, opt_d, x_real, x_fake, u, level, alpha, loss="wgan-gp"
 
     x_real, x_fake (B, C, r, r) at the current resolution (x_fake without a graph);
     u (B, 1, 1, 1) the gradient penalty's mixing weights.
-    Returns {"loss_d", "gp", "d_real", "d_fake", "wasserstein"} as floats
-    ("wasserstein" = mean D(x) - mean D(G(z)), the critic's estimate of W_1).
+    Returns a ``backend.StepLogs`` {"loss_d", "gp", "d_real", "d_fake", "wasserstein"}
+    ("wasserstein" = mean D(x) - mean D(G(z)), the critic's estimate of W_1): floats
+    when looked at, read from the device together in one transfer.
     """
     def critic(x):
         return D(x, level, alpha)
@@ -403,19 +405,19 @@ def discriminator_step(D, opt_d, x_real, x_fake, u, level, alpha, loss="wgan-gp"
     total = loss_d if gp is None else loss_d + gp_lambda * gp
     total.backward()
     opt_d.step()
-    d_real, d_fake = real_scores.numpy().mean(), fake_scores.numpy().mean()
-    return {"loss_d": total.item(), "gp": 0.0 if gp is None else gp.item(), "d_real": float(d_real),
-            "d_fake": float(d_fake), "wasserstein": float(d_real - d_fake)}
+    d_real, d_fake = real_scores.data.mean(), fake_scores.data.mean()      # 0-d, on the device: not read here
+    return backend.StepLogs({"loss_d": total, "gp": 0.0 if gp is None else gp, "d_real": d_real,
+                             "d_fake": d_fake, "wasserstein": d_real - d_fake})
 
 
 def generator_step(G, D, opt_g, z, level, alpha, loss="wgan-gp"):
-    """One Adam step of G on L_G(D(G(z))) at (level, alpha), D frozen.  Returns {"loss_g"}."""
+    """One Adam step of G on L_G(D(G(z))) at (level, alpha), D frozen.  Returns a ``backend.StepLogs`` {"loss_g"}."""
     opt_g.zero_grad()
     with frozen(D):
         loss_g = generator_loss(D(G(z, level, alpha), level, alpha), loss)
         loss_g.backward()
     opt_g.step()
-    return {"loss_g": loss_g.item()}
+    return backend.StepLogs({"loss_g": loss_g})
 
 
 def train_step(G, D, opt_g, opt_d, ema, x, level, alpha, generator, config):
@@ -425,7 +427,7 @@ def train_step(G, D, opt_g, opt_d, ema, x, level, alpha, generator, config):
     to the current resolution and blended with ``real_images_at``.  ``generator``
     draws z and the penalty's mixing weights; ``config`` a ``ProGANConfig``.
     Returns the steps' statistics plus "loss" (= loss_d), "level", "alpha" and
-    "resolution" as floats.
+    "resolution", as one ``backend.StepLogs`` (one read, when first looked at).
     """
     n_levels, batch = G.n_levels, x.shape[0]
     x_real = real_images_at(x, level, alpha, n_levels)                    # (B, C, r, r)
@@ -433,10 +435,10 @@ def train_step(G, D, opt_g, opt_d, ema, x, level, alpha, generator, config):
         x_fake = G(sample_noise(batch, config.latent_dim, generator, x.dtype), level, alpha)
     u = Tensor(generator.uniform((batch, 1, 1, 1), dtype=x.dtype))
     stats = discriminator_step(D, opt_d, x_real, x_fake, u, level, alpha, config.loss, config.gp_lambda,
-                               config.drift if config.loss == "wgan-gp" else 0.0)
+                               config.drift if config.loss == "wgan-gp" else 0.0).raw()
     stats.update(generator_step(G, D, opt_g, sample_noise(batch, config.latent_dim, generator, x.dtype),
-                                level, alpha, config.loss))
+                                level, alpha, config.loss).raw())
     ema.update()
     stats.update(loss=stats["loss_d"], level=float(level), alpha=float(alpha),
                  resolution=float(G.resolution(level)))
-    return stats
+    return backend.StepLogs(stats)

@@ -221,7 +221,7 @@ def reparameterize(mean, logvar, generator=None, sample_shape=()):
     """
     gen = generator if generator is not None else backend.default_generator(mean.device)
     shape = tuple(sample_shape) + tuple(mean.shape)
-    eps = Tensor(backend.to_device(gen.normal(shape, dtype=mean.dtype), mean.device))
+    eps = Tensor(gen.normal(shape, dtype=mean.dtype, device=mean.device))
     return mean + F.exp(0.5 * logvar) * eps
 
 
@@ -316,7 +316,7 @@ class VAE(nn.Module):
         self._check_y(y, n)
         device, dtype = self.device_and_dtype()
         gen = generator if generator is not None else backend.default_generator(device)
-        z = Tensor(backend.to_device(gen.normal((n, self.latent_dim), dtype=dtype), device))
+        z = Tensor(gen.normal((n, self.latent_dim), dtype=dtype, device=device))
         return self.decoder(z, y).mean
 
     def reconstruct(self, x, y=None):
@@ -408,7 +408,8 @@ def train_step(model, opt, x, y=None, generator=None, objective="elbo", kl="anal
 
     then one step of ``opt`` on encoder and decoder together.  x (B, C, H, W)
     observed images (binarized or dequantized); y one-hot (B, K) or None.
-    Returns {"loss": -bound, and for the ELBO its two terms "log_px_z", "kl"}.
+    Returns a ``backend.StepLogs`` {"loss": -bound, and for the ELBO its two terms "log_px_z", "kl"}
+    (device scalars, read in one transfer when first looked at).
     """
     opt.zero_grad()
     if objective == "iwae":
@@ -420,4 +421,4 @@ def train_step(model, opt, x, y=None, generator=None, objective="elbo", kl="anal
         terms = {"log_px_z": out.log_px_z.mean(), "kl": out.kl.mean()}
     loss.backward()
     opt.step()
-    return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+    return backend.StepLogs({"loss": loss, **terms})

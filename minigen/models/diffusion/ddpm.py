@@ -79,7 +79,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ... import backend, optim
+from ... import backend, nn, optim
 from ... import functional as F
 from ...autograd import Tensor, no_grad
 from ...distributions import gaussian_kl
@@ -88,7 +88,8 @@ from .schedule import SCHEDULES, DiffusionSchedule
 from .unet import UNet
 
 __all__ = ["GaussianDiffusion", "ModelPrediction", "discretized_gaussian_log_likelihood",
-           "OBJECTIVES", "LOSS_TYPES", "VARIANCES", "DiffusionConfig", "build_denoiser", "train_step"]
+           "OBJECTIVES", "LOSS_TYPES", "VARIANCES", "DiffusionConfig", "build_denoiser", "draw_dropout_from",
+           "drop_labels", "train_step"]
 
 OBJECTIVES = ("eps", "x0", "v")
 LOSS_TYPES = ("simple", "vlb")
@@ -234,11 +235,11 @@ class GaussianDiffusion:
             raise ValueError(f"GaussianDiffusion.{op}: t must be a 1-D integer array of timesteps (B,), got {what}")
         if len(data) != batch:
             raise ValueError(f"GaussianDiffusion.{op}: {len(data)} timesteps for a batch of {batch} images")
-        host = backend.to_numpy(data)
-        if host.size and (host.min() < 0 or host.max() >= self.T):
+        # checked where reading them is free (host timesteps); device ones are made in range on the device
+        if backend.is_host(data) and data.size and (data.min() < 0 or data.max() >= self.T):
             raise ValueError(f"GaussianDiffusion.{op}: timesteps must lie in [0, {self.T}), "
-                             f"got [{host.min()}, {host.max()}]")
-        return Tensor(backend.to_device(data.astype(np.int64, copy=False), device))
+                             f"got [{data.min()}, {data.max()}]")
+        return Tensor(backend.on_device(data.astype(np.int64, copy=False), device))
 
     def _labels(self, y, batch, device, op):
         """``y`` as an int64 Tensor (B,) on ``device`` (or None)."""
@@ -248,7 +249,7 @@ class GaussianDiffusion:
         if not hasattr(data, "dtype") or data.dtype.kind not in "iu" or data.shape != (batch,):
             what = f"shape {data.shape} and dtype {data.dtype}" if hasattr(data, "dtype") else type(data).__name__
             raise ValueError(f"GaussianDiffusion.{op}: labels y must be integers of shape ({batch},), got {what}")
-        return Tensor(backend.to_device(data.astype(np.int64, copy=False), device))
+        return Tensor(backend.on_device(data.astype(np.int64, copy=False), device))
 
     def _coef(self, name, t, x):
         """The coefficient table ``name`` at t, in x's dtype, shaped (B, 1, ..., 1) to broadcast against x.
@@ -434,11 +435,11 @@ class GaussianDiffusion:
         x0 = self._image(x0, "x0", "p_losses")
         generator = generator or backend.default_generator(x0.device)
         if t is None:   # drawn in range on the device: nothing to check, nothing copied to the host
-            t = Tensor(backend.to_device(generator.integers(0, self.T, shape=(len(x0),)), x0.device))
+            t = Tensor(generator.integers(0, self.T, shape=(len(x0),), device=x0.device))
         else:
             t = self._timesteps(t, len(x0), x0.device, "p_losses")
         if noise is None:
-            noise = Tensor(backend.to_device(generator.normal(x0.shape, dtype=self.dtype), x0.device))
+            noise = Tensor(generator.normal(x0.shape, dtype=self.dtype, device=x0.device))
         else:
             noise = self._image(noise, "noise", "p_losses", like=x0)
         y = self._labels(y, len(x0), x0.device, "p_losses")
@@ -488,7 +489,7 @@ class GaussianDiffusion:
             terms = []
             for step in tqdm(range(self.T), disable=not progress, desc=desc, mininterval=2.0, leave=False):
                 t = Tensor(xp.full(b, step, dtype=np.int64))
-                noise = Tensor(backend.to_device(generator.normal(x0.shape, dtype=self.dtype), device))
+                noise = Tensor(generator.normal(x0.shape, dtype=self.dtype, device=device))
                 x_t = self.q_sample(x0, t, noise)
                 pred = self._predictions(model, x_t, t, y, 1.0, False, "bpd")
                 terms.append(self._vb_terms(x0_64, x_t.astype(np.float64), t, pred.x0.astype(np.float64)).data)
@@ -510,7 +511,7 @@ class GaussianDiffusion:
                                    or record < 1):
             raise ValueError(f"GaussianDiffusion.{op}: record must be None or an integer >= 1, got {record!r}")
         y = self._labels(y, shape[0], generator.device, op)
-        return Tensor(backend.to_device(generator.normal(shape, dtype=self.dtype), generator.device)), y
+        return Tensor(generator.normal(shape, dtype=self.dtype, device=generator.device)), y
 
     @staticmethod
     def _host(x):
@@ -545,7 +546,7 @@ class GaussianDiffusion:
                 out = self._p_mean_variance(model, x, t, y, guidance_scale, clip_denoised, "sample")
                 x = out["mean"]
                 if step > 0:
-                    z = Tensor(backend.to_device(generator.normal(x.shape, dtype=self.dtype), generator.device))
+                    z = Tensor(generator.normal(x.shape, dtype=self.dtype, device=generator.device))
                     x = x + math.exp(0.5 * self.model_log_variance[step]) * z
         return self._finish(x, trajectory, record)
 
@@ -586,7 +587,7 @@ class GaussianDiffusion:
                 direction = math.sqrt(max(1.0 - ab_prev - sigma * sigma, 0.0))
                 x = math.sqrt(ab_prev) * pred.x0 + direction * pred.eps
                 if sigma > 0.0:
-                    z = Tensor(backend.to_device(generator.normal(x.shape, dtype=self.dtype), generator.device))
+                    z = Tensor(generator.normal(x.shape, dtype=self.dtype, device=generator.device))
                     x = x + sigma * z
         return self._finish(x, trajectory, record)
 
@@ -660,14 +661,27 @@ def build_denoiser(config, image_shape, num_classes=None, generator=None):
                heads=config.heads, num_classes=num_classes, generator=generator)
 
 
+def draw_dropout_from(net, generator):
+    """Make every ``nn.Dropout`` inside ``net`` draw its masks from ``generator``; returns net.
+
+    A run passes its model generator: the masks then come from the stream a checkpoint
+    saves (a resumed run draws the same masks) and are drawn on the generator's device.
+    Without it, dropout uses the device's process-wide default generator.
+    """
+    for module in net.modules():
+        if isinstance(module, nn.Dropout):
+            module.generator = generator
+    return net
+
+
 def drop_labels(y, p, null_label, generator):
     """Classifier-free guidance's training labels: each label replaced by ``null_label`` with probability p.
 
     y: int64 Tensor (B,) on the generator's device -> the same, some entries set to null_label.
     """
-    drop = generator.uniform((len(y),)) < p                                     # (B,) on y's device
+    drop = generator.uniform((len(y),), device=y.device) < p                    # (B,) drawn on y's device
     xp = backend.xp_of(y.data)
-    return Tensor(xp.where(backend.to_device(drop, y.device), null_label, y.data).astype(np.int64))
+    return Tensor(xp.where(drop, null_label, y.data).astype(np.int64))
 
 
 def train_step(diffusion, net, opt, x0, y=None, generator=None, label_dropout=0.0, grad_clip=0.0,
@@ -684,20 +698,21 @@ def train_step(diffusion, net, opt, x0, y=None, generator=None, label_dropout=0.
     ``label_dropout`` p > 0 each label is first replaced by the null label
     ``net.num_classes`` with probability p, so one network learns both the conditional
     and the unconditional prediction (classifier-free guidance, Ho & Salimans 2022).
-    Returns {"loss", "lr" (the rate this step used), "grad_norm" (before clipping, if clipped)}.
+    Returns a ``backend.StepLogs`` {"loss", "lr" (the rate this step used), "grad_norm" (before
+    clipping, if clipped)}: the device scalars are read in one transfer when first looked at.
     """
     if y is not None and label_dropout > 0:
         y = drop_labels(y, label_dropout, net.num_classes, generator)
     opt.zero_grad()
     loss = diffusion.p_losses(net, x0, y=y, generator=generator)
     loss.backward()
-    logs = {"loss": loss.item(), "lr": opt.param_groups[0]["lr"]}
+    logs = {"loss": loss.data, "lr": opt.param_groups[0]["lr"]}        # device scalars, not read here
     if grad_clip:
-        logs["grad_norm"] = optim.clip_grad_norm_(net.parameters(), grad_clip).item()
+        logs["grad_norm"] = optim.clip_grad_norm_(net.parameters(), grad_clip).data
     opt.step()
     if lr_scheduler is not None:
         lr_scheduler.step()
     if ema is not None:
         ema.update()
-    return logs
+    return backend.StepLogs(logs)
 

@@ -160,22 +160,23 @@ class DiffusionSchedule:
 def extract(a, t, shape, dtype="float32"):
     """a[t] as a constant Tensor of shape (B, 1, ..., 1) with len(shape) dims, on t's device.
 
-    a: host float64 array (T,); t: integer Tensor or array (B,) with values in [0, T);
+    a: host float64 array (T,); t: integer Tensor or array (B,) with values in [0, T) (checked
+    for host t; device t is indexed on its device without a read);
     shape: the shape the result will broadcast against, whose first entry is B.
     """
     t_data = t.data if isinstance(t, Tensor) else t
     if isinstance(t_data, (list, tuple)) or np.isscalar(t_data):
         t_data = np.asarray(t_data)
     device = backend.device_of(t_data)
-    t_host = backend.to_numpy(t_data)
-    if t_host.ndim != 1 or t_host.dtype.kind not in "iu":
+    if t_data.ndim != 1 or t_data.dtype.kind not in "iu":
         raise ValueError(f"extract: t must be a 1-D integer array of timesteps (B,), "
-                         f"got shape {t_host.shape} and dtype {t_host.dtype}")
+                         f"got shape {t_data.shape} and dtype {t_data.dtype}")
     shape = tuple(shape)
-    if len(shape) < 1 or shape[0] != len(t_host):
-        raise ValueError(f"extract: {len(t_host)} timesteps for a batch of shape {shape}")
+    if len(shape) < 1 or shape[0] != len(t_data):
+        raise ValueError(f"extract: {len(t_data)} timesteps for a batch of shape {shape}")
     a = np.asarray(a)
-    if t_host.size and (t_host.min() < 0 or t_host.max() >= len(a)):
-        raise ValueError(f"extract: timesteps must lie in [0, {len(a)}), got [{t_host.min()}, {t_host.max()}]")
-    values = a[t_host].astype(dtype).reshape((len(t_host),) + (1,) * (len(shape) - 1))
-    return Tensor(backend.to_device(values, device))
+    # the range is checked where it is free (host t); device t is looked up on the device, never read back
+    if backend.is_host(t_data) and t_data.size and (t_data.min() < 0 or t_data.max() >= len(a)):
+        raise ValueError(f"extract: timesteps must lie in [0, {len(a)}), got [{t_data.min()}, {t_data.max()}]")
+    table = backend.to_device(a.astype(dtype), device)           # T numbers (GaussianDiffusion keeps its tables)
+    return Tensor(table[t_data].reshape((len(t_data),) + (1,) * (len(shape) - 1)))
