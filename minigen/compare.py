@@ -56,7 +56,7 @@ def read_run(run_dir):
         return {**row, "family": "?", "note": "no readable config.json"}
     row["seed"] = config.get("seed")
     row["config"] = {k: v for k, v in config.items() if k != "seed"}
-    steps = seconds = None
+    steps = seconds = cpu_seconds = None
     try:
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
             for line in f:
@@ -66,6 +66,7 @@ def read_run(run_dir):
                     continue
                 if isinstance(r, dict) and "train_seconds" in r and "eval" not in r:
                     steps, seconds = r.get("step"), r.get("train_seconds")
+                    cpu_seconds = r.get("train_cpu_seconds")
     except OSError:
         pass
     try:
@@ -77,6 +78,7 @@ def read_run(run_dir):
         row["note"] = "no eval.json" if isinstance(exc, FileNotFoundError) else "damaged eval.json"
     row["steps"] = results.get("step", steps)
     row["seconds"] = results.get("train_seconds", seconds)
+    row["cpu_seconds"] = results.get("train_cpu_seconds", cpu_seconds)   # fair on a shared machine
     row["parameters"] = results.get("parameters")
     row["device"] = (results.get("machine") or {}).get("device") or config.get("device")
     for key, unit in LIKELIHOODS:
@@ -112,7 +114,7 @@ def compare_runs(run_dirs):
         merged = dict(members[0])
         merged["run"] = ", ".join(m["run"] for m in members)
         merged["seeds"] = len(members)
-        for key in ["seconds", "likelihood", "fld", "kid", "precision", "recall", "conditional_accuracy"]:
+        for key in ["seconds", "cpu_seconds", "likelihood", "fld", "kid", "precision", "recall", "conditional_accuracy"]:
             merged[key] = _mean_std(m.get(key) for m in members)
         rows.append(merged)
     return rows
@@ -138,7 +140,7 @@ def markdown_table(rows):
     counts = {(r.get("n_samples"), r.get("fld_floor")) for r in rows if r.get("fld") is not None}
     common = max(counts, key=lambda c: sum((r.get("n_samples"), r.get("fld_floor")) == c for r in rows)) \
         if counts else None
-    header = ["family", "parameters", "steps", "train s", "s/step", "device", "test likelihood",
+    header = ["family", "parameters", "steps", "train s", "CPU s", "s/step", "device", "test likelihood",
               "FLD (floor)", "KID", "precision / recall", "cond. acc.", "samples", "note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     marked = False
@@ -155,7 +157,7 @@ def markdown_table(rows):
         pr = (f"{_fmt(r.get('precision'))} / {_fmt(r.get('recall'))}" if r.get("precision") is not None else "")
         family = r["family"] + (f" ({r['seeds']} seeds)" if r.get("seeds") else "")
         cells = [family, _fmt(r.get("parameters")), _fmt(steps), _fmt(r.get("seconds"), 0),
-                 _fmt(per_step, 3), _fmt(r.get("device")), likelihood, fld + mark, _fmt(r.get("kid"), 1), pr,
+                 _fmt(r.get("cpu_seconds"), 0), _fmt(per_step, 3), _fmt(r.get("device")), likelihood, fld + mark, _fmt(r.get("kid"), 1), pr,
                  _fmt(r.get("conditional_accuracy"), 3), _fmt(r.get("n_samples")), r.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
     if marked:
@@ -179,7 +181,7 @@ def write_outputs(rows, out_dir, grid_images=16, seed=0):
     table = markdown_table(rows)
     atomic_write_text(os.path.join(out_dir, "compare.md"), table + "\n")
     buffer = io.StringIO()
-    keys = ["family", "run", "parameters", "steps", "seconds", "device", "likelihood", "unit", "fld", "fld_floor",
+    keys = ["family", "run", "parameters", "steps", "seconds", "cpu_seconds", "device", "likelihood", "unit", "fld", "fld_floor",
             "kid", "precision", "recall", "conditional_accuracy", "n_samples", "note"]
     writer = csv.writer(buffer)
     writer.writerow(keys)

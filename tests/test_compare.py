@@ -33,10 +33,14 @@ def test_units_and_blanks(tmp_path):
     lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
     assert "99.500 nats" in lines["vae"] and "2.080 bits/dim" in lines["ddpm"]
     cells = [c.strip() for c in lines["dcgan"].split("|")]
-    assert cells[7] == ""                               # a GAN has no likelihood: blank, not 0 or nan
+    assert cells[8] == ""                               # a GAN has no likelihood: blank, not 0 or nan
     assert "30.0 (9.9)" in lines["dcgan"] and "0.70 / 0.80" in lines["dcgan"]
     assert "| 0.500 |" in lines["vae"]                  # 50 s / 100 steps
     assert "*" not in table                             # same sample count and floor everywhere
+    assert cells[5] == ""                               # no CPU time recorded: blank
+    timed = _run(tmp_path, "timed", "vae", results={"test_nll": 99.5, "train_cpu_seconds": 41.0, **SAMPLES})
+    row = markdown_table(compare_runs([timed])).splitlines()[2]
+    assert [c.strip() for c in row.split("|")][4:6] == ["50", "41"]   # wall and CPU seconds of training
 
 
 def test_mismatched_sample_counts_are_flagged(tmp_path):

@@ -90,9 +90,43 @@ def _check_minigen(words, monkeypatch, tmp_path):
     assert code == 0, words
 
 
+def _check_gpu_install(args):
+    """``pip install -e ".[gpu]"`` / ``-e . cupy-cudaNNx``: the extra exists and names a binary wheel."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(os.path.join(ROOT, "setup.cfg"))
+    extras = config["options.extras_require"]
+    for word in args:
+        if word.startswith(".["):
+            for extra in word[2:-1].split(","):
+                assert extra in extras, f"setup.cfg has no extra {extra!r}"
+                if extra == "gpu":
+                    assert re.search(r"cupy-cuda\d+x", extras["gpu"]), extras["gpu"]
+        elif word.startswith("cupy"):
+            assert re.fullmatch(r"cupy-cuda\d+x", word), word
+        else:
+            assert word in ("-e", "."), word
+
+
+def _run_snippet(code):
+    """``python3 -c CODE``: run it here; on a machine without CuPy, with the device word 'gpu' -> 'cpu'."""
+    from minigen import backend
+
+    try:
+        backend.get_array_module("gpu")
+    except (RuntimeError, ValueError, ImportError):
+        code = code.replace("'gpu'", "'cpu'")
+    exec(compile(code, "<README python3 -c>", "exec"), {})
+
+
 @pytest.mark.parametrize("line", _commands())
 def test_bash_line(line, monkeypatch, tmp_path, capsys):
     words = shlex.split(line)
+    if words[:4] == ["python3", "-m", "pip", "install"] and "&&" not in words and words[-1] != '.[test]':
+        return _check_gpu_install(words[4:])
+    if words[:2] == ["python3", "-c"]:
+        return _run_snippet(words[2])
     if words[:3] in (["python3", "-m", "pip"], ["python3", "-m", "pytest"], ["python", "-m", "pytest"]):
         if words[:3] == ["python3", "-m", "pip"] and "&&" in words:      # install && the main job
             rest = words[words.index("&&") + 1:]
