@@ -5,7 +5,7 @@
     x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps,
     loss = mean (eps_theta(x_t, t) - eps)^2,   then one Adam(lr=2e-4) step.
 
-eps_theta is the small UNet of WORKLOADS.md (641,249 parameters):
+eps_theta is the small UNet defined in benchmarks/README.md (641,249 parameters):
 
     temb = Linear(128,128) - SiLU - Linear(128,128) of the sinusoidal embedding of t
     ResBlock(cin, cout): h = Conv3x3(SiLU(GN8(x))) + Linear(128,cout)(SiLU(temb))[:, :, None, None]

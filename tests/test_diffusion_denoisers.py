@@ -2,7 +2,7 @@
 
 What is checked:
 * ``timestep_embedding`` and the 2-D sin-cos position table against their formulas;
-* the default ``UNet()`` is the W3 benchmark network of WORKLOADS.md, written out
+* the default ``UNet()`` is the W3 benchmark network (benchmarks/README.md), written out
   independently below: same weights from the same generator, same state_dict
   keys, same parameter count, same output;
 * output shapes over non-default configurations, and that the output depends on

@@ -35,6 +35,7 @@ TINY = {
                   label_dropout=0.5),
     "autoencoder": dict(arch="mlp", hidden=16, latent_dim=3, batch_size=4),
     "progan": dict(batch_size=4),
+    "lapgan": dict(latent_dim=8, channels=(4, 4, 4), batch_size=4),
 }
 
 
@@ -108,7 +109,7 @@ def test_read_logs_reads_several_steps_at_once(device):
 # one training step and one sampling step
 # ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["vae", "dcgan", "ddpm", "cddpm", "autoencoder", "progan"])
+@pytest.mark.parametrize("name", ["vae", "dcgan", "ddpm", "cddpm", "autoencoder", "progan", "lapgan"])
 def test_a_training_step_reads_nothing_until_its_logs_are_read(device, name):
     """0 reads and 0 uploads per step; looking at the logs costs exactly one read."""
     recipe, (x, y) = _recipe(name, device)

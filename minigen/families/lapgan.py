@@ -87,7 +87,8 @@ class LAPGANRecipe(Recipe):
         """One step of every trained level; logs L_D, L_G of each (``loss_d_k``, ``loss_g_k``) and the mean L_D."""
         stats = lapgan.train_step(self.model, self.opts_g, self.opts_d, x, y if self.conditional else None,
                                   self.generator, self.trained_levels, self.config.g_loss)
-        return {key: value for key, value in stats.items() if key.startswith("loss")}  # 2 curves per level
+        return backend.StepLogs({key: value for key, value in stats.raw().items()
+                                 if key.startswith("loss")})                         # 2 curves per level, unread
 
     def sample_pyramid(self, n, generator, labels=None):
         """The sampling chain as host arrays in [0, 1]: [I~_K, ..., I~_0] (7x7, 14x14, 28x28 for MNIST)."""

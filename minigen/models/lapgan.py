@@ -61,7 +61,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import nn
+from .. import backend, nn
 from .. import functional as F
 from ..autograd import Tensor, no_grad
 from .gan import GENERATOR_LOSSES, dcgan_init_, gan_step
@@ -509,6 +509,7 @@ def train_step(model, opts_g, opts_d, images, y=None, generator=None, levels=Non
         if not 0 <= k < model.levels:
             raise ValueError(f"train_step: level {k} does not exist (levels are 0 .. {model.levels - 1})")
         level_stats = level_step(model, k, opts_g[k], opts_d[k], pyramid, y, generator, loss)
-        stats.update({f"{key}_{k}": value for key, value in level_stats.items() if key != "loss"})
-    stats["loss"] = sum(stats[f"loss_d_{k}"] for k in levels) / len(levels)
-    return stats
+        raw = level_stats.raw() if isinstance(level_stats, backend.StepLogs) else dict(level_stats)
+        stats.update({f"{key}_{k}": value for key, value in raw.items() if key != "loss"})
+    stats["loss"] = sum(stats[f"loss_d_{k}"] for k in levels) / len(levels)   # still unread device scalars
+    return backend.StepLogs(stats)
