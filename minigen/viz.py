@@ -172,7 +172,7 @@ def plot_mosaic(panels, path, title="samples per run", cols=4):
     return _save(fig, path)
 
 
-def plot_quality_vs_cost(points, path, title="quality against cost"):
+def plot_quality_vs_cost(points, path, title="quality against cost", xlabel="training seconds"):
     """FLD against training seconds on log axes; ``points`` is a list of (label, seconds, fld)."""
     fig = _figure(6, 4.5)
     ax = fig.add_subplot()
@@ -181,7 +181,7 @@ def plot_quality_vs_cost(points, path, title="quality against cost"):
         ax.annotate(label, (seconds, fld), fontsize=8, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("training seconds")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("FLD (lower is better)")
     ax.set_title(title)
     return _save(fig, path)
