@@ -112,7 +112,7 @@ def test_numpy_scalars_defer_to_tensor():
 @given(broadcastable_pair())
 def test_broadcasting_is_undone_centrally(pair):
     a, b = pair
-    gradcheck(lambda x, y: x * y + x - y, [a, b], min_grad=0.0)
+    assert gradcheck(lambda x, y: x * y + x - y, [a, b], min_grad=0.0)
 
 
 def test_grad_function_leaves_dot_grad_alone():
@@ -221,17 +221,17 @@ def test_meta_gradgradcheck_catches_a_wrong_double_backward():
 def test_core_ops_gradcheck():
     rng = np.random.default_rng(0)
     a, b = rng.uniform(0.5, 2, (3, 4)), rng.uniform(0.5, 2, (4,))
-    gradcheck(lambda x, y: x / y - y ** 2.5 + (x ** y).sqrt().log(), [a, b])
-    gradcheck(lambda x: F.sum(x, 1, keepdim=True) * F.mean(x, 0), [a])
-    gradgradcheck(lambda x, y: x / y * x.exp(), [a, b])
+    assert gradcheck(lambda x, y: x / y - y ** 2.5 + (x ** y).sqrt().log(), [a, b])
+    assert gradcheck(lambda x: F.sum(x, 1, keepdim=True) * F.mean(x, 0), [a])
+    assert gradgradcheck(lambda x, y: x / y * x.exp(), [a, b])
 
 
 def test_matmul_batched_and_1d():
     rng = np.random.default_rng(1)
     for sa, sb in [((3, 4), (4, 2)), ((2, 3, 4), (4, 5)), ((4,), (4, 3)), ((2, 3, 4), (4,)), ((4,), (4,)),
                    ((2, 1, 3, 4), (5, 4, 2))]:
-        gradcheck(F.matmul, [rng.standard_normal(sa), rng.standard_normal(sb)])
-    gradgradcheck(F.matmul, [rng.standard_normal((2, 3)), rng.standard_normal((3, 2))])
+        assert gradcheck(F.matmul, [rng.standard_normal(sa), rng.standard_normal(sb)])
+    assert gradgradcheck(F.matmul, [rng.standard_normal((2, 3)), rng.standard_normal((3, 2))])
 
 
 def test_linear_matches_matmul_and_double_backward():

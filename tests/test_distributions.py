@@ -63,25 +63,25 @@ def test_rsample_shape_and_reproducibility(device):
 def test_gradients_flow_through_rsample(mean, logvar):
     # z = mean + exp(logvar / 2) eps with a fixed eps: dz/dmean = 1, dz/dlogvar = z_eps * std / 2
     fn = lambda m, lv: Normal(m, lv).rsample((4,), mg.Generator(7))
-    gradcheck(fn, [mean, logvar])
+    assert gradcheck(fn, [mean, logvar])
     # broadcasting: one logvar per coordinate shared by the batch
-    gradcheck(fn, [mean, logvar[0]])
+    assert gradcheck(fn, [mean, logvar[0]])
 
 
 def test_gradients_of_log_prob_entropy_and_kl(device):
     rng = np.random.default_rng(0)
     x, m, lv = rng.normal(size=(3, 4)), rng.normal(size=(3, 4)), rng.uniform(-1, 1, size=(3, 4))
     m2, lv2 = rng.normal(size=(3, 4)), rng.uniform(-1, 1, size=(3, 4))
-    gradcheck(lambda x, m, lv: Normal(m, lv).log_prob(x), [x, m, lv], device=device)
-    gradcheck(lambda lv: Normal(np.zeros(4), lv).entropy(), [lv], device=device)
-    gradcheck(lambda a, b, c, d: kl_divergence(Normal(a, b), Normal(c, d)), [m, lv, m2, lv2], device=device)
+    assert gradcheck(lambda x, m, lv: Normal(m, lv).log_prob(x), [x, m, lv], device=device)
+    assert gradcheck(lambda lv: Normal(np.zeros(4), lv).entropy(), [lv], device=device)
+    assert gradcheck(lambda a, b, c, d: kl_divergence(Normal(a, b), Normal(c, d)), [m, lv, m2, lv2], device=device)
     b = rng.integers(0, 2, size=(3, 4)).astype(np.float64)
-    gradcheck(lambda l: Bernoulli(l).log_prob(b), [m], device=device)
-    gradcheck(lambda l: Bernoulli(l).entropy(), [m], device=device)
-    gradcheck(lambda l1, l2: kl_divergence(Bernoulli(l1), Bernoulli(l2)), [m, m2], device=device)
+    assert gradcheck(lambda l: Bernoulli(l).log_prob(b), [m], device=device)
+    assert gradcheck(lambda l: Bernoulli(l).entropy(), [m], device=device)
+    assert gradcheck(lambda l1, l2: kl_divergence(Bernoulli(l1), Bernoulli(l2)), [m, m2], device=device)
     k = rng.integers(0, 4, size=3)
-    gradcheck(lambda l: Categorical(l).log_prob(k), [m], device=device)
-    gradcheck(lambda l1, l2: kl_divergence(Categorical(l1), Categorical(l2)), [m, m2], device=device)
+    assert gradcheck(lambda l: Categorical(l).log_prob(k), [m], device=device)
+    assert gradcheck(lambda l1, l2: kl_divergence(Categorical(l1), Categorical(l2)), [m, m2], device=device)
 
 
 def test_log_probs_match_scipy_and_normalise(device):

@@ -108,16 +108,16 @@ def test_equalized_linear_gradcheck(float64):
     layer = nn.EqualizedLinear(4, 3, lr_mul=0.5, generator=backend.Generator(0, "cpu"))
     fn = lambda x, w, b: with_params(layer, w, b)(x)  # noqa: E731
     inputs = [rand(2, 4, seed=1), rand(3, 4, seed=2), rand(3, seed=3)]
-    gradcheck(fn, inputs)
-    gradgradcheck(lambda x, w, b: fn(x, w, b) ** 2, inputs)
+    assert gradcheck(fn, inputs)
+    assert gradgradcheck(lambda x, w, b: fn(x, w, b) ** 2, inputs)
 
 
 def test_equalized_conv_gradcheck(float64):
     conv = nn.EqualizedConv2d(2, 3, 3, padding=1, lr_mul=2.0, generator=backend.Generator(0, "cpu"))
     fn = lambda x, w, b: with_params(conv, w, b)(x)  # noqa: E731
     inputs = [rand(2, 2, 4, 4, seed=1), rand(3, 2, 3, 3, seed=2), rand(3, seed=3)]
-    gradcheck(fn, inputs)
-    gradgradcheck(lambda x, w, b: F.leaky_relu(fn(x, w, b), 0.2) ** 2, inputs)
+    assert gradcheck(fn, inputs)
+    assert gradgradcheck(lambda x, w, b: F.leaky_relu(fn(x, w, b), 0.2) ** 2, inputs)
 
 
 def test_gradcheck_sees_a_missing_scale(float64):
@@ -155,8 +155,8 @@ def test_pixel_norm_gives_unit_mean_square_over_channels(float64):
 
 def test_pixel_norm_gradients(float64):
     # (input seed 5: with the checker's upstream equal to x itself, d<x, x / rms(x)>/dx is exactly 0)
-    gradcheck(lambda x: nn.PixelNorm()(x), [rand(2, 3, 2, 2, seed=5)])
-    gradgradcheck(lambda x: nn.PixelNorm()(x), [rand(2, 3, 2, 2, seed=5)])
+    assert gradcheck(lambda x: nn.PixelNorm()(x), [rand(2, 3, 2, 2, seed=5)])
+    assert gradgradcheck(lambda x: nn.PixelNorm()(x), [rand(2, 3, 2, 2, seed=5)])
 
 
 # ----------------------------------------------------------------------------
@@ -214,5 +214,5 @@ def test_minibatch_stddev_rejects_indivisible_batches():
 
 def test_minibatch_stddev_gradients(float64):
     # it sits inside the discriminator, so the gradient penalty differentiates it twice
-    gradcheck(lambda x: nn.MinibatchStdDev(2)(x), [rand(4, 2, 2, 2)])
-    gradgradcheck(lambda x: nn.MinibatchStdDev(2)(x), [rand(4, 2, 2, 2)])
+    assert gradcheck(lambda x: nn.MinibatchStdDev(2)(x), [rand(4, 2, 2, 2)])
+    assert gradgradcheck(lambda x: nn.MinibatchStdDev(2)(x), [rand(4, 2, 2, 2)])

@@ -55,9 +55,9 @@ def test_mse_l1_gradients(data):
     x, y = data.draw(arrays(shape)), data.draw(arrays(shape))
     reduction = data.draw(st.sampled_from(REDUCTIONS))
     assume(away_from(x - y, (0.0,), margin=1e-3))  # |.| has a kink at 0 (and mse a zero gradient)
-    gradcheck(lambda a, b: F.mse_loss(a, b, reduction=reduction), [x, y])
-    gradgradcheck(lambda a, b: F.mse_loss(a, b, reduction=reduction), [x, y])
-    gradcheck(lambda a, b: F.l1_loss(a, b, reduction=reduction), [x, y])
+    assert gradcheck(lambda a, b: F.mse_loss(a, b, reduction=reduction), [x, y])
+    assert gradgradcheck(lambda a, b: F.mse_loss(a, b, reduction=reduction), [x, y])
+    assert gradcheck(lambda a, b: F.l1_loss(a, b, reduction=reduction), [x, y])
 
 
 @pytest.mark.parametrize("full", [False, True])

@@ -34,31 +34,37 @@ from ..data.transforms import from_symmetric_range, to_symmetric_range
 from ..models.diffusion import ddpm
 from .base import Recipe, RunConfig
 
-__all__ = ["DiffusionRunConfig", "DiTRunConfig", "DDPMRecipe", "DiTRecipe", "ConditionalDDPMRecipe",
+__all__ = ["DenoiserTrainingOptions", "DiffusionRunConfig", "DiTRunConfig", "DDPMRecipe", "DiTRecipe", "ConditionalDDPMRecipe",
            "ConditionalDiTRecipe", "UNET_GPU", "DIT_GPU"]
 
 
 @dataclass
-class DiffusionRunConfig(RunConfig, ddpm.DiffusionConfig):
+class DenoiserTrainingOptions:
+    """How a denoiser trains and is scored: shared by the pixel (``ddpm``) and latent (``ldm``) families."""
+
     ema_decay: float = 0.999          # decay of the weights' moving average used for sampling and evaluation
     warmup: int = 200                 # steps of linear learning-rate warm-up
     lr_schedule: str = "constant"     # after warm-up: "constant", or "cosine" (half cosine down to 0 at `steps`)
     grad_clip: float = 1.0            # clip the gradient's global norm (0: off)
     eval_images: int = 100            # test images for the bound in bits/dim (each costs T network calls)
-    steps: int = 2000                 # optimisation steps
-    batch_size: int = 64              # images per step
-    lr: float = 5e-4                  # Adam learning rate after warm-up
-    sample_every: int = 1000          # steps between sample grids
-    checkpoint_every: int = 250       # steps between checkpoints
 
     def validate(self):
-        super().validate()
+        """Called by ``RunConfig.validate`` with the other model-half checks."""
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"config: lr_schedule must be one of constant, cosine, got {self.lr_schedule!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"config: ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.warmup < 1 or self.eval_images < 0 or self.grad_clip < 0:
             raise ValueError("config: warmup must be >= 1, eval_images and grad_clip >= 0")
+
+
+@dataclass
+class DiffusionRunConfig(RunConfig, ddpm.DiffusionConfig, DenoiserTrainingOptions):
+    steps: int = 2000                 # optimisation steps
+    batch_size: int = 64              # images per step
+    lr: float = 5e-4                  # Adam learning rate after warm-up
+    sample_every: int = 1000          # steps between sample grids
+    checkpoint_every: int = 250       # steps between checkpoints
 
 
 @dataclass

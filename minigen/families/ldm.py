@@ -46,6 +46,7 @@ from ..metrics.likelihood import bits_per_dim, dequantized_bits_per_dim
 from ..models import ldm, vae
 from ..models.diffusion.ddpm import GaussianDiffusion
 from .base import Recipe, RunConfig, TrainingError
+from .diffusion import DenoiserTrainingOptions
 
 __all__ = ["LDMRunConfig", "LDMRecipe", "ConditionalLDMRecipe", "load_first_stage"]
 
@@ -55,15 +56,10 @@ FIRST_STAGE_FAMILIES = ("vae", "conv-vae", "ldm", "cldm")
 
 
 @dataclass
-class LDMRunConfig(RunConfig, ldm.LDMConfig):
+class LDMRunConfig(RunConfig, ldm.LDMConfig, DenoiserTrainingOptions):
     first_stage: str = ""             # a vae/conv-vae/ldm run whose first stage to reuse, frozen (empty: train one)
     first_stage_steps: int = 1000     # phase 1: KL autoencoder steps (without first_stage); the rest of `steps` diffuse
     first_stage_lr: float = 1e-3      # Adam learning rate of the autoencoder
-    ema_decay: float = 0.999          # decay of the denoiser's weight average used for samples and evaluation
-    warmup: int = 200                 # steps of linear learning-rate warm-up of the diffusion phase
-    lr_schedule: str = "constant"     # after warm-up: "constant", or "cosine" (down to 0 at `steps`)
-    grad_clip: float = 1.0            # clip the denoiser's gradient norm (0: off)
-    eval_images: int = 100            # test images for the two-stage bound (each costs T denoiser calls)
     steps: int = 5000                 # all steps of the run: first_stage_steps, then the diffusion
     batch_size: int = 64              # images per step (both phases)
     lr: float = 5e-4                  # Adam learning rate of the denoiser after warm-up
@@ -72,17 +68,11 @@ class LDMRunConfig(RunConfig, ldm.LDMConfig):
 
     def validate(self):
         super().validate()
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"config: lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if not self.first_stage and self.first_stage_steps < 1:
             raise ValueError(f"config: first_stage_steps must be >= 1 when no first_stage run is given, "
                              f"got {self.first_stage_steps}")
         if not (self.first_stage_lr > 0 and math.isfinite(self.first_stage_lr)):
             raise ValueError(f"config: first_stage_lr must be a positive number, got {self.first_stage_lr}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"config: ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.warmup < 1 or self.eval_images < 0 or self.grad_clip < 0:
-            raise ValueError("config: warmup must be >= 1, eval_images and grad_clip >= 0")
         if self.first_stage and not os.path.isfile(os.path.join(self.first_stage, "config.json")):
             raise ValueError(f"config: first_stage {self.first_stage!r} is not a run directory (no config.json)")
 

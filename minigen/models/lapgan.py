@@ -509,7 +509,6 @@ def train_step(model, opts_g, opts_d, images, y=None, generator=None, levels=Non
         if not 0 <= k < model.levels:
             raise ValueError(f"train_step: level {k} does not exist (levels are 0 .. {model.levels - 1})")
         level_stats = level_step(model, k, opts_g[k], opts_d[k], pyramid, y, generator, loss)
-        raw = level_stats.raw() if isinstance(level_stats, backend.StepLogs) else dict(level_stats)
-        stats.update({f"{key}_{k}": value for key, value in raw.items() if key != "loss"})
+        stats.update({f"{key}_{k}": value for key, value in level_stats.raw().items() if key != "loss"})
     stats["loss"] = sum(stats[f"loss_d_{k}"] for k in levels) / len(levels)   # still unread device scalars
     return backend.StepLogs(stats)
