@@ -35,7 +35,7 @@ import numpy as np
 
 from minigen import backend
 from minigen.autograd import Tensor, no_grad
-from minigen.checkpoint import load_tree
+from minigen.checkpoint import atomic_write_text, load_tree
 from minigen.evaluate import evaluate_run, restore_run, sample_metrics
 from minigen.data.transforms import from_symmetric_range, to_symmetric_range
 from minigen.train import train
@@ -126,8 +126,7 @@ def _merge_rows(path, rows, key):
         with open(path) as f:
             old = [r for r in json.load(f) if r[key] not in {n[key] for n in rows}]
     merged = sorted(old + rows, key=lambda r: r[key])
-    with open(path, "w") as f:
-        json.dump(merged, f, indent=2)
+    atomic_write_text(path, json.dumps(merged, indent=2))
     return merged
 
 

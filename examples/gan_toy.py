@@ -37,6 +37,7 @@ import minigen as mg  # noqa: E402
 from minigen import optim  # noqa: E402
 from minigen.data import toy  # noqa: E402
 from minigen.models.gan import MLPDiscriminator, MLPGenerator, gan_step, generate, sample_noise  # noqa: E402
+from minigen.checkpoint import atomic_write_text  # noqa: E402
 
 LATENT_DIM = 16
 
@@ -121,8 +122,7 @@ def main(argv=None):
 
     data = toy.ring(2000, mg.Generator(9, "cpu"))
     plot_rows(rows, data, os.path.join(args.out, "ring_samples.png"))
-    with open(os.path.join(args.out, "ring_results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    atomic_write_text(os.path.join(args.out, "ring_results.json"), json.dumps(results, indent=2))
 
     print(f"\n8-Gaussian ring, {steps} generator steps, batch 256, Adam lr 1e-3 (figure: seed {args.seeds[0]})")
     print(f"{'generator loss':16s} {'k':>2s} {'seed':>4s} {'modes (of 8)':>13s} {'high-quality':>13s} "

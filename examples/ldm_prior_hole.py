@@ -50,6 +50,7 @@ from minigen.models.gmm import GaussianMixture
 from minigen.models.ldm import prior_hole
 from minigen.train import train
 from minigen.viz import save_image_grid
+from minigen.checkpoint import atomic_write_text
 
 METRICS = ["fld", "kid", "precision", "recall"]
 SAMPLERS = ["prior", "posterior", "gmm", "ldm"]
@@ -129,10 +130,8 @@ def prior_hole_table(args):
     result = {"vae_run": vae_run, "ldm_run": ldm_run, "ldm_step": step, "samples": n, "latent_dim": d,
               "scale_factor": s, "hole": hole, "rows": rows, "gmm_components": args.gmm_components}
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "prior_hole.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, "prior_hole.md"), "w") as f:
-        f.write(prior_hole_markdown(result))
+    atomic_write_text(os.path.join(args.out, "prior_hole.json"), json.dumps(result, indent=2))
+    atomic_write_text(os.path.join(args.out, "prior_hole.md"), prior_hole_markdown(result))
     grid = np.concatenate([images[name][:args.grid] for name in SAMPLERS])
     save_image_grid(grid, os.path.join(args.out, "prior_hole.png"), nrow=args.grid,
                     title="one VAE decoder, four code samplers", row_labels=[LABELS[k] for k in SAMPLERS],
@@ -206,8 +205,7 @@ def speed_of_run(run, family, args):
     info.update({k: metrics[k] for k in METRICS}, floors={k: metrics[f"{k}_floor"] for k in METRICS})
     save_image_grid(samples[:64], os.path.join(args.out, f"speed_{family}_samples.png"),
                     title=f"{family}: {args.budget:g} CPU minutes of training, {step} steps")
-    with open(cache, "w") as f:
-        json.dump(info, f, indent=2)
+    atomic_write_text(cache, json.dumps(info, indent=2))
     return info
 
 
@@ -229,10 +227,8 @@ def speed_table(args):
         result["families"][family] = speed_of_run(run, family, args)
     if set(result["families"]) != {"ddpm", "ldm"}:
         return result                      # one side only (its numbers are cached in RUN/speed.json)
-    with open(os.path.join(args.out, "speed.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, "speed.md"), "w") as f:
-        f.write(speed_markdown(result))
+    atomic_write_text(os.path.join(args.out, "speed.json"), json.dumps(result, indent=2))
+    atomic_write_text(os.path.join(args.out, "speed.md"), speed_markdown(result))
     print(speed_markdown(result))
     return result
 

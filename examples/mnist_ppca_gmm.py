@@ -39,6 +39,7 @@ from minigen.metrics.likelihood import dequantized_bits_per_dim  # noqa: E402
 from minigen.models import PPCA  # noqa: E402
 from minigen.models.gmm import PCAGaussianMixture  # noqa: E402
 from minigen.viz import save_image_grid  # noqa: E402
+from minigen.checkpoint import atomic_write_text  # noqa: E402
 
 SAMPLES_PER_ROW = 10
 
@@ -86,9 +87,9 @@ def main(argv=None):
         rows.append(draws[0] if isinstance(draws, tuple) else draws)     # the mixture also returns labels
 
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"train_digits": len(X), "test_digits": len(X_test), "data": train.source,
-                   "results": results}, f, indent=2)
+    atomic_write_text(os.path.join(args.out, "results.json"),
+                      json.dumps({"train_digits": len(X), "test_digits": len(X_test), "data": train.source,
+                                  "results": results}, indent=2))
     images = np.concatenate(rows).reshape(-1, 1, 28, 28)
     save_image_grid(images, os.path.join(args.out, "samples.png"), nrow=SAMPLES_PER_ROW,
                     row_labels=[name for name, _ in models], ylabel="model",

@@ -41,6 +41,7 @@ from minigen.evaluate import evaluate_run, restore_run
 from minigen.models import stylegan as sg
 from minigen.train import train
 from minigen.viz import save_image_grid
+from minigen.checkpoint import atomic_write_text
 
 QUICK = dict(steps=4, batch_size=8, z_dim=16, w_dim=16, mapping_layers=2, channels=(8, 8, 8, 8), log_every=2,
              sample_every=0, checkpoint_every=4, n_samples=16, eval_samples=0)
@@ -109,8 +110,7 @@ def main(argv=None):
             scores = evaluate_run(run, eval_samples=args.eval_samples, verbose=False,
                                   overrides={"truncation_psi": psi})
             rows.append({"psi": psi, **{k: scores[k] for k in scores if k.split("_")[0] in METRICS}})
-        with open(os.path.join(args.out, "fld_vs_psi.json"), "w") as f:
-            json.dump(rows, f, indent=2)
+        atomic_write_text(os.path.join(args.out, "fld_vs_psi.json"), json.dumps(rows, indent=2))
         print(f"\n{'psi':>5s}" + "".join(f" {m:>10s}" for m in METRICS))
         for r in rows:
             print(f"{r['psi']:5.2f}" + "".join(f" {r[m]:10.4f}" if m in r else f" {'-':>10s}" for m in METRICS))

@@ -119,8 +119,9 @@ def read_run_config(run_dir):
     if not isinstance(saved, dict) or not isinstance(saved.get("config", {}), dict):
         raise TrainingError(f"{path}: expected an object with 'family' and 'config'")
     recipe_cls = get_family(saved.get("family", "?"))
+    values = dict(recipe_cls.options_added_later, **saved.get("config", {}))  # older runs keep their behaviour
     try:
-        config = make_config(recipe_cls, saved.get("config", {}))
+        config = make_config(recipe_cls, values)
     except TrainingError as exc:
         raise TrainingError(f"{path}: {exc}") from None
     return recipe_cls, config

@@ -413,3 +413,21 @@ def test_an_ldm_runs_autoencoder_is_reused_by_a_new_diffusion_model(runs, tmp_pa
 def test_bad_configs_are_refused(tmp_path, small_mnist, bad, match):
     with pytest.raises(TrainingError, match=match):
         train("ldm", {**small_mnist, **bad}, out_dir=str(tmp_path / "x"), progress=False, verbose=False)
+
+
+def test_prior_hole_example_smoke(tmp_path):
+    """examples/ldm_prior_hole.py --quick trains its two tiny runs and writes the table, the JSON and the picture."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""), MPLBACKEND="Agg",
+               OPENBLAS_NUM_THREADS="1")
+    out = tmp_path / "ldm"
+    proc = subprocess.run([sys.executable, os.path.join(root, "examples", "ldm_prior_hole.py"), "--quick",
+                           "--out", str(out)], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.load(open(out / "prior_hole.json"))
+    assert [r["sampler"] for r in result["rows"]] == ["prior", "posterior", "gmm", "ldm"]
+    assert all(math.isfinite(r["fld"]) for r in result["rows"]) and "latent diffusion" in (out / "prior_hole.md").read_text()
+    with open(out / "prior_hole.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"

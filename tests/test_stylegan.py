@@ -196,7 +196,7 @@ def test_sample_styles_mixes_with_the_given_probability(float64):
 
 
 def test_skip_generator_adds_the_upsampled_images_of_the_coarser_resolutions(float64):
-    G = sg.StyleGANGenerator(tiny_config(), generator=mg.Generator(0))             # 4 -> 8 -> 16
+    G = sg.StyleGANGenerator(tiny_config(output="linear"), generator=mg.Generator(0))  # 4 -> 8 -> 16
     syn = G.synthesis
     ws = G.styles(G.mapping(t(np.random.default_rng(20).standard_normal((2, 8)))))
     full = syn(ws, "const").numpy()
@@ -211,6 +211,27 @@ def test_skip_generator_adds_the_upsampled_images_of_the_coarser_resolutions(flo
     expected = up(up(images[0]) + images[1]).numpy()
     np.testing.assert_allclose(syn(ws, "const").numpy(), expected, atol=1e-12)
     assert np.abs(expected).max() > 1e-2 and np.abs(full - expected).max() > 1e-3
+
+
+@pytest.mark.parametrize("style_mode", ["modulated", "adain"])
+def test_tanh_output_squashes_the_linear_generators_image(style_mode, float64):
+    linear = sg.StyleGANGenerator(tiny_config(style_mode=style_mode, output="linear"), generator=mg.Generator(3))
+    squashed = sg.StyleGANGenerator(tiny_config(style_mode=style_mode), generator=mg.Generator(3))  # default tanh
+    assert squashed.synthesis.output == "tanh"
+    z = t(np.random.default_rng(21).standard_normal((3, 8)))
+    a, b = linear(z, noise_mode="const").numpy(), squashed(z, noise_mode="const").numpy()
+    np.testing.assert_allclose(b, np.tanh(a), atol=1e-12)
+    assert np.abs(a).max() > 1.0 and np.abs(b).max() < 1.0                    # the squashing did something
+
+
+def test_runs_written_before_the_output_option_keep_their_linear_output(tmp_path):
+    from minigen.train import read_run_config
+    for saved, expected in (({}, "linear"), ({"output": "tanh"}, "tanh"), ({"output": "linear"}, "linear")):
+        run = tmp_path / f"run-{expected}-{len(saved)}"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"family": "stylegan", "config": dict(TINY, **saved)}))
+        assert read_run_config(str(run))[1].output == expected
+    assert make_config(StyleGANRecipe, {}).output == "tanh"                   # new runs: tanh
 
 
 # ----------------------------------------------------------------------------
@@ -410,6 +431,7 @@ def test_recipe_pads_to_32_and_samples_honour_truncation_psi():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"style_mode": "adaptive"}, "style_mode must be one of"),
+    ({"output": "sigmoid"}, "output must be one of"),
     ({"channels": (8,)}, "channels needs"),
     ({"mapping_lr_mul": 0.0}, "mapping_lr_mul"),
     ({"style_mixing_prob": 1.5}, "style_mixing_prob"),

@@ -36,6 +36,7 @@ TINY = {
     "autoencoder": dict(arch="mlp", hidden=16, latent_dim=3, batch_size=4),
     "progan": dict(batch_size=4),
     "lapgan": dict(latent_dim=8, channels=(4, 4, 4), batch_size=4),
+    "stylegan": dict(z_dim=8, w_dim=8, channels=(4, 4, 4, 4), batch_size=4, r1_every=1),  # R1 on every step
 }
 
 
@@ -109,7 +110,7 @@ def test_read_logs_reads_several_steps_at_once(device):
 # one training step and one sampling step
 # ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["vae", "dcgan", "ddpm", "cddpm", "autoencoder", "progan", "lapgan"])
+@pytest.mark.parametrize("name", ["vae", "dcgan", "ddpm", "cddpm", "autoencoder", "progan", "lapgan", "stylegan"])
 def test_a_training_step_reads_nothing_until_its_logs_are_read(device, name):
     """0 reads and 0 uploads per step; looking at the logs costs exactly one read."""
     recipe, (x, y) = _recipe(name, device)

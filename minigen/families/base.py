@@ -118,6 +118,9 @@ class Recipe:
     description = ""
     conditional = False  # True when sample() accepts class labels
     samples_need_data = False  # True when sample() uses training images (then `sample` loads the dataset)
+    # options whose default changed after runs were written: {option: the value those runs used}, applied
+    # when a run's config.json does not name the option (read_run_config)
+    options_added_later = {}
     progress = False  # evaluate() may show progress bars (evaluate_run sets it when verbose)
     # Named sets of config overrides, e.g. {"gpu": {...}} for a larger run on a GPU;
     # ``train FAMILY --preset NAME`` applies one, and explicit options still win.

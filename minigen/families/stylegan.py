@@ -60,6 +60,7 @@ class StyleGANRecipe(Recipe):
     name = "stylegan"
     Config = StyleGANRunConfig
     description = "StyleGAN/StyleGAN2: mapping network, styles, noise inputs, mixing, truncation, R1, notes §3.3"
+    options_added_later = {"output": "linear"}  # runs written before the tanh output had a linear one
 
     def __init__(self, config, data, device, generator):
         super().__init__(config, data, device, generator)

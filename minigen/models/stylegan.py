@@ -50,18 +50,27 @@ Settings.  lr multiplier 0.01 of the mapping network, w_avg decay 0.995,
 style mixing probability 0.9, Adam betas (0, 0.99) and lazy R1 every 16
 steps are the authors' (NVlabs/stylegan, NVlabs/stylegan2).  The small-data
 choices: a 2-layer mapping network as in Karras et al. 2020b's CIFAR-10 setup,
-and R1 weight gamma = 1.  Their heuristic gamma = 0.0002 R^2 / B would give
-0.0064 here (R = 32, B = 32), but with these small networks and 4,000 digits
-gamma = 0.01 let D win (mean D(G(z)) ~ 0.05) and G collapsed to a single
-digit shape by step 750; gamma = 0.1 looked the same at step 250, while
-gamma = 1 (and 4) kept the samples varied (CPU defaults otherwise; README).
+and R1 weight gamma = 1 (their heuristic 0.0002 R^2 / B would give 0.0064
+here; gamma = 0.01 let D win within a few hundred steps).
+
+One departure from the authors, for MNIST: the summed image goes through a
+tanh (``output="tanh"``).  With the authors' linear output every setting we
+tried collapsed to a single digit shape within ~1,000 steps (README): the
+generator starts with a large w-dependent output (std over z ~1.2) on images
+that are exactly -1 on 80% of their pixels, and the quickest way for it to
+remove that output was to make its styles the same for every w (their mean
+grew from 1 to 2-2.6 at an unchanged spread, so demodulation left w little
+influence), from which it did not recover.  Under a tanh a large negative
+output is already background, and the samples stayed varied (std over z of
+the EMA generator's images 0.28 at step 600, against 0.10-0.11 for the
+linear output at steps 800-1,276).
 
 Both use StyleGAN2's "skip" output (a toRGB at every resolution, summed after
 upsampling), so that the two modes differ only in how the style enters.  Layers use the equalized learning rate of Progressive GAN
 (``nn.EqualizedLinear`` / ``nn.EqualizedConv2d``, notes §3.3 (Progressive GAN)).
 
 Shapes: z, w (B, w_dim) [z: (B, z_dim)]; per-layer styles ws (B, num_ws, w_dim);
-images (B, C, 32, 32) in about [-1, 1] (linear output, no tanh); logits (B, 1).
+images (B, C, 32, 32) in [-1, 1] (tanh output; about [-1, 1] with output="linear"); logits (B, 1).
 
 References: Karras, Laine & Aila 2019, "A Style-Based Generator Architecture for
 Generative Adversarial Networks" (mapping network, AdaIN, noise inputs, style
@@ -86,15 +95,16 @@ import numpy as np
 from .. import backend, nn
 from .. import functional as F
 from ..autograd import Tensor, grad, no_grad
-from .gan import discriminator_loss, frozen, generator_loss, mean_probability
+from .gan import discriminator_loss, frozen, generator_loss, mean_probability_on_device
 
-__all__ = ["StyleGANConfig", "STYLE_MODES", "NOISE_MODES", "adain", "modulated_conv2d", "truncate", "mix_styles",
+__all__ = ["StyleGANConfig", "STYLE_MODES", "NOISE_MODES", "OUTPUTS", "adain", "modulated_conv2d", "truncate", "mix_styles",
            "MappingNetwork", "SynthesisLayer", "ToRGB", "SynthesisNetwork", "StyleGANGenerator",
            "DiscriminatorBlock", "StyleGANDiscriminator", "build_stylegan", "r1_penalty", "style_mixing_grid",
            "truncation_sweep", "noise_variation", "sample_styles",
            "discriminator_step", "generator_step", "train_step"]
 
 STYLE_MODES = ("modulated", "adain")
+OUTPUTS = ("tanh", "linear")
 NOISE_MODES = ("random", "const", "none")
 
 
@@ -117,9 +127,12 @@ class StyleGANConfig:
     r1_gamma: float = 1.0             # R1 weight: gamma/2 E||grad_x D(x)||^2 on reals (0: off); see Settings above
     r1_every: int = 16                # lazy regularization: R1 on every k-th D step, weighted by k
     mbstd_group: int = 4              # minibatch standard deviation group size in D
+    output: str = "tanh"              # "tanh" (squashes the summed image; MNIST default) or "linear" (the authors')
 
     def validate(self):
         """Raise ValueError("config: ...") for settings that cannot work."""
+        if self.output not in OUTPUTS:
+            raise ValueError(f"config: output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
         if self.style_mode not in STYLE_MODES:
             raise ValueError(f"config: style_mode must be one of {', '.join(STYLE_MODES)}, got {self.style_mode!r}")
         for name in ("z_dim", "w_dim", "mapping_layers", "r1_every", "mbstd_group"):
@@ -372,11 +385,17 @@ class SynthesisNetwork(nn.Module):
     ws[:, i + 1], the index of the next resolution's first layer (as in the
     authors' code), so ``num_ws`` = number of layers + 1 in "modulated" mode
     (8 for 32 x 32) and = number of layers in "adain" mode (plain ToRGBs).
+    The summed image goes through tanh (``output="tanh"``, the default here) or
+    is returned as it is (``"linear"``, the authors' choice for photographs).
     ws (B, num_ws, w_dim) -> images (B, C_img, R, R), R = 4 * 2^(len(channels) - 1).
     """
 
-    def __init__(self, w_dim, channels=(64, 64, 32, 16), img_channels=1, style_mode="modulated", generator=None):
+    def __init__(self, w_dim, channels=(64, 64, 32, 16), img_channels=1, style_mode="modulated", output="tanh",
+                 generator=None):
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"SynthesisNetwork: output must be one of {OUTPUTS}, got {output!r}")
+        self.output = output
         channels = [int(c) for c in channels]
         self.w_dim, self.resolution = int(w_dim), 4 * 2 ** (len(channels) - 1)
         gen = generator if generator is not None else backend.default_generator("cpu")
@@ -410,7 +429,7 @@ class SynthesisNetwork(nn.Module):
                 y = to_rgb(x, ws[:, i + 1]) if to_rgb.styled else to_rgb(x)            # (B, C_img, r, r)
                 img = y if img is None else F.interpolate(img, scale_factor=2, mode="bilinear",
                                                           align_corners=False) + y    # (B, C_img, r, r)
-        return img
+        return F.tanh(img) if self.output == "tanh" else img                          # (B, C_img, R, R)
 
 
 class StyleGANGenerator(nn.Module):
@@ -427,7 +446,7 @@ class StyleGANGenerator(nn.Module):
         self.mapping = MappingNetwork(config.z_dim, config.w_dim, config.mapping_layers, config.mapping_lr_mul,
                                       config.w_avg_beta, generator=generator)
         self.synthesis = SynthesisNetwork(config.w_dim, tuple(config.channels), img_channels, config.style_mode,
-                                          generator=generator)
+                                          config.output, generator=generator)
         self.num_ws = self.synthesis.num_ws
 
     def styles(self, w):
@@ -593,8 +612,8 @@ def sample_styles(G, n, generator, mixing_prob=0.0):
     k = num_ws when the minibatch is not mixed.  Every draw comes from ``generator``.
     """
     z1 = Tensor(generator.normal((n, G.z_dim)))
-    u = float(backend.to_numpy(generator.uniform((1,)))[0])
-    k = int(backend.to_numpy(generator.integers(1, G.num_ws, shape=(1,)))[0]) if G.num_ws > 1 else G.num_ws
+    u = float(generator.uniform((1,), device="cpu")[0])                              # host draws: nothing to read back
+    k = int(generator.host_integers(1, G.num_ws, shape=(1,))[0]) if G.num_ws > 1 else G.num_ws
     w1 = G.mapping(z1)
     if u >= mixing_prob or G.num_ws < 2:
         return G.styles(w1), w1, G.num_ws
@@ -611,7 +630,8 @@ def discriminator_step(G, D, opt_d, x_real, generator, mixing_prob=0.9, r1_gamma
     Lazy regularization (Karras et al. 2020 §3.1): R1 is evaluated only when
     ``lazy_r1`` (every ``r1_every``-th step), weighted by r1_every so that its
     average strength is unchanged.  The fakes carry no graph.
-    Returns {"loss_d", "d_real", "d_fake"} [+ "r1"].
+    Returns a ``backend.StepLogs`` {"loss_d", "d_real", "d_fake"} [+ "r1"] (device scalars,
+    read in one transfer when first looked at).
     """
     with no_grad():
         ws, _, _ = sample_styles(G, len(x_real), generator, mixing_prob)
@@ -627,11 +647,11 @@ def discriminator_step(G, D, opt_d, x_real, generator, mixing_prob=0.9, r1_gamma
     total = loss_d + r1 * (0.5 * r1_gamma * r1_every) if regularize else loss_d
     total.backward()
     opt_d.step()
-    logs = {"loss_d": loss_d.item(), "d_real": mean_probability(real_logits),
-            "d_fake": mean_probability(fake_logits)}
+    logs = {"loss_d": loss_d, "d_real": mean_probability_on_device(real_logits),
+            "d_fake": mean_probability_on_device(fake_logits)}
     if regularize:
-        logs["r1"] = r1.item()
-    return logs
+        logs["r1"] = r1
+    return backend.StepLogs(logs)
 
 
 def generator_step(G, D, opt_g, batch_size, generator, mixing_prob=0.9):
@@ -639,7 +659,7 @@ def generator_step(G, D, opt_g, batch_size, generator, mixing_prob=0.9):
 
     The minibatch's styles are mixed with probability ``mixing_prob``; afterwards
     w_avg moves towards the mean of this minibatch's w (for truncation).
-    Returns {"loss_g", "d_fake_g"}.
+    Returns a ``backend.StepLogs`` {"loss_g", "d_fake_g"}.
     """
     opt_g.zero_grad()
     ws, w, _ = sample_styles(G, batch_size, generator, mixing_prob)
@@ -649,18 +669,17 @@ def generator_step(G, D, opt_g, batch_size, generator, mixing_prob=0.9):
         loss_g.backward()
     opt_g.step()
     G.mapping.update_w_avg(w)
-    return {"loss_g": loss_g.item(), "d_fake_g": mean_probability(fake_logits)}
+    return backend.StepLogs({"loss_g": loss_g, "d_fake_g": mean_probability_on_device(fake_logits)})
 
 
 def train_step(G, D, opt_g, opt_d, x_real, generator, step, config):
     """One StyleGAN iteration: a discriminator step (with R1 when ``step`` % r1_every == 0), then a generator step.
 
     x_real (B, C, R, R) in [-1, 1]; ``step`` counts finished iterations; ``config``
-    a ``StyleGANConfig``.  Returns the logs of both steps and "loss" = L_D
+    a ``StyleGANConfig``.  Returns one ``StepLogs`` of both steps and "loss" = L_D
     (log 4 ~ 1.386 when D cannot tell real from fake).
     """
     logs = discriminator_step(G, D, opt_d, x_real, generator, config.style_mixing_prob, config.r1_gamma,
-                              lazy_r1=step % config.r1_every == 0, r1_every=config.r1_every)
-    logs.update(generator_step(G, D, opt_g, len(x_real), generator, config.style_mixing_prob))
-    logs["loss"] = logs["loss_d"]
-    return logs
+                              lazy_r1=step % config.r1_every == 0, r1_every=config.r1_every).raw()
+    logs.update(generator_step(G, D, opt_g, len(x_real), generator, config.style_mixing_prob).raw())
+    return backend.StepLogs({**logs, "loss": logs["loss_d"]})
