@@ -36,7 +36,7 @@ class StyleGANRunConfig(RunConfig, sg.StyleGANConfig):
     beta2: float = 0.99               # Adam beta2
     ema_decay: float = 0.998          # decay of G's weight average for samples: half-life ~350 steps = 11k images (authors: 10k)
     truncation_psi: float = 1.0       # psi of the samples: w' = w_avg + psi (w - w_avg) (1: no truncation)
-    steps: int = 2500                 # iterations (one D step and one G step each; ~0.6 CPU-s each, README)
+    steps: int = 2500                 # iterations (one D and one G step each): 1,034 CPU-s in all (README)
     batch_size: int = 32              # real (and fake) images per minibatch
     log_every: int = 16               # = r1_every by default, so logged rows show the lazy R1 steps
     sample_every: int = 500           # steps between sample grids
