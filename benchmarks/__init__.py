@@ -1,4 +1,4 @@
-"""minigen's benchmarks: the workloads W0-W5 described in benchmarks/README.md.
+"""minigen's benchmarks: the workloads W0-W7 described in benchmarks/README.md.
 
     python -m benchmarks                 # all workloads, minigen and its PyTorch twin
     python -m benchmarks --only W1 --check

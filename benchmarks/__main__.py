@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: run the workloads W0-W5 (see benchmarks/README.md).
+"""``python -m benchmarks``: run the workloads W0-W7 (see benchmarks/README.md).
 
 The BLAS/OpenMP thread count must be fixed before NumPy (or PyTorch) is
 imported, so it is set here, first: 2 threads unless the environment already

@@ -32,6 +32,7 @@ processes kept busy during the timed calls (from /proc/stat); above ~0.1 on a
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -183,12 +184,14 @@ def measure(engines: dict, settings: Settings, sync=None) -> dict:
         while n < settings.min_warmup or time.perf_counter() - t0 < settings.warmup_s:
             call(name, fn)
             n += 1
-        estimate[name] = (time.perf_counter() - t0) / n
+        estimate[name] = (time.perf_counter() - t0) / n if n else None   # None: no warm-up asked for
 
     # 2. how many timed calls
     def n_calls(name):
         if settings.repeats is not None:
             return max(1, int(settings.repeats))
+        if estimate[name] is None:
+            return settings.min_repeats
         n = settings.budget_s / max(estimate[name], 1e-9)
         return int(min(settings.max_repeats, max(settings.min_repeats, n)))
 
@@ -307,3 +310,11 @@ class Case:
     engines: dict
     rows: list
     info: dict = field(default_factory=dict)   # fields copied into every row (shapes, params)
+    timing: dict = field(default_factory=dict)  # Settings fields this workload overrides (calls minutes long)
+
+
+def settings_for(case: Case, settings: Settings) -> Settings:
+    """``settings`` with the workload's own timing overrides (not under --quick, which is tiny anyway)."""
+    if settings.quick or not case.timing:
+        return settings
+    return dataclasses.replace(settings, **case.timing)

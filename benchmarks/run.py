@@ -1,6 +1,6 @@
 """Command line of the benchmarks: ``python -m benchmarks [options]``.
 
-    --only W1,W4      run these workloads (default: W0..W5)
+    --only W1,W4      run these workloads (default: W0..W7)
     --repeats N       timed calls per engine (default: as many as fit in --budget seconds)
     --budget S        seconds of timed calls per engine when --repeats is not given (2.0)
     --rounds R        blocks per engine, minigen and torch taking turns (3)
@@ -14,6 +14,8 @@
     --wait-idle S     before each workload wait up to S s until other processes leave the CPUs idle
     -v, --verbose     with --check: print every compared quantity to stderr
     --profile N       no timing: cProfile the minigen step and print the top N functions
+    --memory          also run each engine alone in a fresh process and report its peak
+                      resident memory (minigen_peak_rss_mb, torch_peak_rss_mb, ...)
 
 Timing mode prints one JSON line per (workload, variant) on stdout; check mode one
 line per workload; everything else (versions, notes, profiles) goes to stderr.
@@ -22,12 +24,15 @@ See benchmarks/README.md for how to read the fields.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import cProfile
 import importlib
 import io
 import os
 import platform
+import json
 import pstats
+import subprocess
 import sys
 import time
 
@@ -36,7 +41,7 @@ import numpy as np
 import minigen as mg
 from minigen import backend
 
-from .common import Settings, emit, measure, wait_idle
+from .common import Settings, emit, measure, settings_for, wait_idle
 
 WORKLOADS = {
     "W0": "w0_matmul",
@@ -45,6 +50,8 @@ WORKLOADS = {
     "W3": "w3_ddpm",
     "W4": "w4_conv",
     "W5": "w5_dit_block",
+    "W6": "w6_unet_sample",
+    "W7": "w7_ddim",
 }
 
 
@@ -53,13 +60,13 @@ NOISY_CORES = 0.1
 
 
 def workload_module(name):
-    """The module that implements workload ``name`` ("W0".."W5")."""
+    """The module that implements workload ``name`` ("W0".."W7")."""
     return importlib.import_module(f".{WORKLOADS[name]}", __package__)
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks",
-                                 description="Time minigen's workloads W0-W5 (and their PyTorch twins).")
+                                 description="Time minigen's workloads W0-W7 (and their PyTorch twins).")
     ap.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads, e.g. W1,W4")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per engine")
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of timed calls per engine")
@@ -76,6 +83,9 @@ def parse_args(argv=None):
     ap.add_argument("-v", "--verbose", action="store_true", help="--check: print every compared quantity")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="cProfile the minigen step and print the top N functions, no timing")
+    ap.add_argument("--memory", action="store_true",
+                    help="also measure each engine's peak resident memory alone, in a fresh process per engine")
+    ap.add_argument("--memory-engine", default=None, help=argparse.SUPPRESS)  # the child of --memory
     args = ap.parse_args(argv)
     names = [n.strip().upper() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
@@ -132,8 +142,8 @@ def header(settings, twins):
             "cpus": os.cpu_count()}
 
 
-def timing_records(name, case, results, settings):
-    """The JSON records of one workload's rows."""
+def timing_records(name, case, results, settings, memory=None):
+    """The JSON records of one workload's rows (``memory``: engine -> its own-process record)."""
     out = []
     for row in case.rows:
         mine = results[row.minigen]
@@ -162,6 +172,11 @@ def timing_records(name, case, results, settings):
                         "minor_faults_per_call", "major_faults_per_call"):
                 if key in theirs:
                     rec["torch_" + key] = theirs[key]
+        for side, engine in (("minigen", row.minigen), ("torch", row.torch)):
+            alone = (memory or {}).get(engine)
+            if alone is not None:
+                for key in ("peak_rss_mb", "rss_before_mb", "step_rss_mb"):
+                    rec[f"{side}_{key}"] = alone[key]
         if row.flop:
             rec["gflop"] = row.flop / 1e9
             rec["minigen_gflops"] = row.flop / mine["ms"] / 1e6
@@ -186,10 +201,63 @@ def run_timing(args, settings, twins, torch_device):
             print(f"# {name}: waited {waited:.0f} s for an idle machine", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         case = mod.build(settings, twins, torch_device)
-        results = measure(case.engines, settings, sync)
-        for rec in timing_records(name, case, results, settings):
+        memory = memory_alone(args, name, case) if args.memory else None
+        results = measure(case.engines, settings_for(case, settings), sync)
+        for rec in timing_records(name, case, results, settings, memory):
             emit(rec)
         print(f"# {name} {mod.TITLE}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# --memory: every engine alone in its own process
+# ----------------------------------------------------------------------------
+
+def memory_alone(args, name, case):
+    """engine -> {peak_rss_mb, rss_before_mb, step_rss_mb}, each engine of ``case``'s rows run in a
+    fresh ``python -m benchmarks --memory-engine`` process (one after the other, never two at once),
+    so that a minigen step's memory is not mixed with PyTorch's libraries and buffers, and vice versa."""
+    engines = []
+    for row in case.rows:
+        engines += [e for e in (row.minigen, row.torch) if e is not None and e not in engines]
+    out = {}
+    for engine in engines:
+        cmd = [sys.executable, "-m", "benchmarks", "--only", name, "--memory-engine", engine,
+               "--device", args.device, "--tune-malloc" if args.tune_malloc else "--no-tune-malloc"]
+        if args.quick:
+            cmd.append("--quick")
+        if args.repeats:
+            cmd += ["--repeats", str(args.repeats)]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)   # inherits the thread settings
+        recs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0 or not recs:
+            print(f"# {name} --memory: engine {engine} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        out[engine] = recs[-1]
+        print(f"# {name} {engine} alone: peak {recs[-1]['peak_rss_mb']} MB", file=sys.stderr, flush=True)
+    return out
+
+
+def run_memory_child(args, settings):
+    """The child of --memory: build workload ``args.names[0]`` with only what ``--memory-engine`` needs
+    (the twins only for a torch engine; minigen's model is built in both, being the weights' source),
+    then, with the peak-RSS mark reset right after the build, 3 calls (1 for a workload whose calls
+    take minutes); one JSON line.  No warm-up outside the mark: the buffers a step leaves in the
+    allocator's heap for the next one count in its footprint, ``step_rss_mb = peak - before``."""
+    engine, name = args.memory_engine, args.names[0]
+    settings.use_torch = engine.startswith("torch")
+    twins, torch_device = load_twins(settings)
+    case = workload_module(name).build(settings, twins, torch_device)
+    if engine not in case.engines:
+        print(f"--memory-engine: {name} has no engine {engine!r} here (engines: {list(case.engines)})",
+              file=sys.stderr)
+        return 2
+    one = dataclasses.replace(settings, min_warmup=0, warmup_s=0.0, rounds=1,
+                              repeats=args.repeats or (1 if case.timing else 3))
+    res = measure({engine: case.engines[engine]}, one, make_sync(settings, twins, torch_device))[engine]
+    emit({"memory": name, "engine": engine, "peak_rss_mb": res["peak_rss_mb"],
+          "rss_before_mb": res["rss_before_mb"], "step_rss_mb": res.get("step_rss_mb")})
     return 0
 
 
@@ -253,6 +321,8 @@ def main(argv=None) -> int:
         settings.tune_malloc = backend.tune_malloc()
         if not settings.tune_malloc:
             print("# tune-malloc: no glibc mallopt here; running untuned", file=sys.stderr)
+    if args.memory_engine:
+        return run_memory_child(args, settings)
     twins, torch_device = load_twins(settings)
     print("# " + " ".join(f"{k}={v}" for k, v in header(settings, twins).items()), file=sys.stderr, flush=True)
     if args.profile:

@@ -110,7 +110,7 @@ def build(settings, twins=None, torch_device=None) -> Case:
         return gan_step_with(G, D, opt_g, opt_d, real, z, ones, zeros)
 
     engines = {"minigen": step}
-    row = Row("dcgan", "minigen", target=2.0)
+    row = Row("dcgan", "minigen", target=1.3)
     if twins is not None:
         tG = twins.load_minigen_weights(twins.DCGenerator(), G, torch_device)
         tD = twins.load_minigen_weights(twins.DCDiscriminator(), D, torch_device)

@@ -83,7 +83,7 @@ def build(settings, twins=None, torch_device=None) -> Case:
         return loss
 
     engines = {"minigen": step}
-    row = Row("ddpm-unet", "minigen", target=2.0)
+    row = Row("ddpm-unet", "minigen", target=1.5)
     if twins is not None:
         twin = twins.load_minigen_weights(twins.UNet(), model, torch_device)
         topt = twins.torch.optim.Adam(twin.parameters(), lr=2e-4)

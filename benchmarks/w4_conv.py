@@ -47,7 +47,7 @@ def build(settings, twins=None, torch_device=None) -> Case:
     flop = 2.0 * n * w_host.shape[0] * h * wd * c * 9
     engines = {"minigen-fwd": fwd, "minigen-fwd+bwd": fwd_bwd}
     rows = [Row("fwd", "minigen-fwd", flop=flop),
-            Row("fwd+bwd", "minigen-fwd+bwd", flop=3 * flop, target=2.0)]
+            Row("fwd+bwd", "minigen-fwd+bwd", flop=3 * flop, target=1.2)]
     if twins is not None:
         tf, tfb = twins.conv_calls(twins.tensor(x_host, torch_device, requires_grad=True),
                                    twins.tensor(w_host, torch_device, requires_grad=True),

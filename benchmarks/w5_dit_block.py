@@ -87,7 +87,7 @@ def build(settings, twins=None, torch_device=None) -> Case:
             return mg.grad(block(x), inputs, grad_outputs=gy)
 
         engines["minigen-" + variant] = fwd_bwd
-        row = Row(variant, "minigen-" + variant, flop=_flops(batch), target=2.5 if variant == "sdpa" else None)
+        row = Row(variant, "minigen-" + variant, flop=_flops(batch), target=1.0 if variant == "sdpa" else None)
         if twins is not None:
             twin = twins.load_minigen_weights(twins.Block(explicit=explicit), block, torch_device)
             engines["torch-" + variant] = twins.block_call(

@@ -298,7 +298,7 @@ def gaussian_kl(mean1, logvar1, mean2, logvar2):
     """
     values = (mean1, logvar1, mean2, logvar2)
     if any(isinstance(v, Tensor) for v in values):
-        m1, lv1, m2, lv2 = _tensors_like(values)
+        m1, lv1, m2, lv2 = tensors_like(values, "gaussian_kl")
         expm1, exp = F.expm1, F.exp
     else:
         ref = next((v for v in values if backend.is_array(v)), np.asarray(0.0))
@@ -316,9 +316,15 @@ def gaussian_kl(mean1, logvar1, mean2, logvar2):
     return 0.5 * ((expm1(r) - r) + z * z)
 
 
-def _tensors_like(values):
-    """Every value as a Tensor: arrays and numbers become constants in the first Tensor's dtype and device."""
-    ref = next(v for v in values if isinstance(v, Tensor))
+def tensors_like(values, op="tensors_like"):
+    """Every value as a Tensor: arrays and numbers become constants in the dtype and on the device
+    of the first Tensor among them (or, with no Tensor, of the first array).  ``op`` names the
+    caller in the TypeError raised when there are only Python numbers."""
+    ref = next((v for v in values if isinstance(v, Tensor)), None)
+    if ref is None:
+        ref = next((Tensor(v) for v in values if backend.is_array(v)), None)
+        if ref is None:
+            raise TypeError(f"{op}: expected Tensors or arrays, got only Python numbers")
     xp = backend.xp_of(ref.data)
     return [v if isinstance(v, Tensor) else
             Tensor(xp.asarray(backend.to_device(v if backend.is_array(v) else np.asarray(v), ref.device),

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import backend
 from .autograd import Tensor, enable_grad
+from .functional.math import split_elementwise
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "adam_reference_step", "clip_grad_norm_", "LambdaLR",
            "LinearWarmupLR", "CosineWarmupLR", "ExponentialMovingAverage"]
@@ -309,9 +310,11 @@ class Adam(Optimizer):
     (1 - beta^t); dividing by them is the bias correction.  ``weight_decay`` adds
     weight_decay * w to the gradient (L2, coupled); AdamW decouples it.
 
-    ``_update`` is ``adam_reference_step`` done in place: the moments are updated
-    in their own arrays and the step is built in a reused scratch buffer, so a step
-    allocates no new arrays (the reference allocates about six per parameter).
+    ``_update`` is ``adam_reference_step`` done in place (``_adam_inplace``): the
+    moments are updated in their own arrays and the step is built in a reused
+    scratch buffer, so a step allocates no new arrays (the reference allocates about
+    six per parameter).  Large NumPy parameters are updated on two threads, half
+    each (``F.math.split_elementwise``), with the same numbers bit for bit.
     """
 
     decoupled_weight_decay = False
@@ -334,31 +337,39 @@ class Adam(Optimizer):
             state["exp_avg_sq"] = xp.zeros_like(w)
         state["step"] += 1
         t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-        tmp = self._scratch.get(w, 0)
-
-        if wd != 0 and self.decoupled_weight_decay:
-            w *= 1 - lr * wd                          # AdamW: shrink the weights directly
-        elif wd != 0:                                  # Adam: g <- g + weight_decay * w
-            g_decayed = xp.multiply(w, wd, out=self._scratch.get(w, 1))
-            g_decayed += g
-            g = g_decayed
-        m *= beta1                                     # m <- beta1 m + (1 - beta1) g
-        m += xp.multiply(g, 1 - beta1, out=tmp)
-        v *= beta2                                     # v <- beta2 v + (1 - beta2) g^2
-        tmp = xp.multiply(g, g, out=tmp)
-        tmp *= 1 - beta2
-        v += tmp
-
         bias_correction1 = 1 - beta1 ** t
         bias_correction2 = 1 - beta2 ** t
-        step_size = lr / bias_correction1
+        coefs = (lr, beta1, beta2, eps, wd, self.decoupled_weight_decay, lr / bias_correction1,
+                 1 / math.sqrt(bias_correction2))
+        g_decayed = self._scratch.get(w, 1) if wd != 0 and not self.decoupled_weight_decay else None
+        # buys: large weights on two threads when a core is free (same CPU time), see benchmarks/README.md
+        split_elementwise(lambda *arrays: _adam_inplace(*arrays, coefs), w, g, m, v, self._scratch.get(w, 0),
+                          g_decayed)
 
-        denom = xp.sqrt(v, out=tmp)                    # sqrt(v / bias_correction2) + eps
-        denom *= 1 / math.sqrt(bias_correction2)
-        denom += eps                                   # eps keeps the step finite where v = 0
-        update = xp.divide(m, denom, out=tmp)
-        update *= step_size
-        w -= update
+
+def _adam_inplace(w, g, m, v, tmp, g_decayed, coefs):
+    """``adam_reference_step`` in place on w, m, v, with ``tmp`` (and ``g_decayed`` for coupled weight
+    decay) as scratch: no new arrays.  Elementwise, so it may run on any slices of the arrays."""
+    lr, beta1, beta2, eps, wd, decoupled, step_size, inv_sqrt_bc2 = coefs
+    xp = backend.xp_of(w)
+    if wd != 0 and decoupled:
+        w *= 1 - lr * wd                              # AdamW: shrink the weights directly
+    elif wd != 0:                                      # Adam: g <- g + weight_decay * w
+        xp.multiply(w, wd, out=g_decayed)
+        g_decayed += g
+        g = g_decayed
+    m *= beta1                                         # m <- beta1 m + (1 - beta1) g
+    m += xp.multiply(g, 1 - beta1, out=tmp)
+    v *= beta2                                         # v <- beta2 v + (1 - beta2) g^2
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1 - beta2
+    v += tmp
+    denom = xp.sqrt(v, out=tmp)                        # sqrt(v / bias_correction2) + eps
+    denom *= inv_sqrt_bc2
+    denom += eps                                       # eps keeps the step finite where v = 0
+    update = xp.divide(m, denom, out=tmp)
+    update *= step_size
+    w -= update
 
 
 class AdamW(Adam):

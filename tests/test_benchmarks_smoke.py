@@ -5,7 +5,7 @@ No test of the library depends on them; the PyTorch twins both use live in
 ``tests/torch_twins.py``.)
 
 ``python -m benchmarks --quick`` shrinks every workload (small batches, 2 timed
-calls), so this runs the real code paths of W0-W5 in a few seconds.  With
+calls), so this runs the real code paths of W0-W7 in a few seconds.  With
 PyTorch installed the twins are timed too, and ``--check`` compares one W1 step
 (loss, every gradient, the loss after Adam) with PyTorch on identical weights;
 a planted discrepancy shows that the comparison can fail.
@@ -76,7 +76,8 @@ def test_quick_run_of_every_workload():
     # One thread: two OpenBLAS threads stall badly when the test machine is busy.
     records, _ = _run_cli(["--quick"] + ([] if _has_torch() else ["--no-torch"]), threads=1)
     expected = {("W0", "matmul"), ("W1", "default-adam"), ("W1", "fused-adam"), ("W2", "dcgan"),
-                ("W3", "ddpm-unet"), ("W4", "fwd"), ("W4", "fwd+bwd"), ("W5", "sdpa"), ("W5", "explicit")}
+                ("W3", "ddpm-unet"), ("W4", "fwd"), ("W4", "fwd+bwd"), ("W5", "sdpa"), ("W5", "explicit"),
+                ("W6", "unet-forward"), ("W7", "ddim-3")}
     assert {(r["workload"], r["variant"]) for r in records} == expected
     for r in records:
         assert r["minigen_ms"] > 0 and r["repeats"] == 2 and r["quick"] is True and r["threads"] == 1
@@ -119,3 +120,55 @@ def test_check_catches_a_planted_difference(capsys, monkeypatch):
     assert run.main(["--check", "--quick", "--only", "W1"]) == 1
     (rec,) = _json_lines(capsys.readouterr().out)
     assert rec["ok"] is False and any(f.startswith("loss") for f in rec["failed"])
+
+
+def test_measure_without_warm_up_uses_the_minimum_repeats():
+    """W7's calls are minutes long: no warm-up call, then ``min_repeats`` timed calls."""
+    calls = []
+    res = measure({"a": lambda: calls.append(1)},
+                  Settings(warmup_s=0.0, min_warmup=0, min_repeats=2, rounds=3))
+    assert len(calls) == 2 and res["a"]["repeats"] == 2
+
+
+def test_slow_workloads_override_timing_but_not_quick_runs():
+    from benchmarks import w7_ddim
+    from benchmarks.common import settings_for
+
+    case = w7_ddim.build(Settings(quick=True))
+    assert case.info["batch"] == 2 and case.info["steps"] == 3          # --quick shrinks W7
+    assert settings_for(case, Settings(quick=True)).repeats == 2
+    full = settings_for(case, Settings())
+    assert (full.min_warmup, full.warmup_s, full.min_repeats) == (0, 0.0, 2)
+
+
+def test_check_w6_w7_match_pytorch(capsys):
+    """The sampling forward and a few DDIM steps against the twin (the full --check runs all 50)."""
+    pytest.importorskip("torch")
+    assert run.main(["--check", "--quick", "--only", "W6,W7"]) == 0
+    recs = {r["check"]: r for r in _json_lines(capsys.readouterr().out)}
+    assert recs["W6"]["ok"] and recs["W6"]["compared"] == 1
+    assert recs["W7"]["ok"] and recs["W7"]["compared"] == 2
+
+
+def test_check_w7_catches_a_wrong_update(capsys, monkeypatch):
+    """A twin that walks the timesteps one off (t - 1 instead of t) must fail the check."""
+    pytest.importorskip("torch")
+    from tests import torch_twins
+
+    original = torch_twins.ddim_timesteps
+    monkeypatch.setattr(torch_twins, "ddim_timesteps", lambda T, steps: original(T, steps) - (original(T, steps) > 0))
+    assert run.main(["--check", "--quick", "--only", "W7"]) == 1
+    (rec,) = _json_lines(capsys.readouterr().out)
+    assert rec["ok"] is False
+
+
+def test_memory_runs_each_engine_in_its_own_process():
+    """--memory: the minigen step alone (no PyTorch in that process) and the twin alone, beside the time."""
+    records, stderr = _run_cli(["--quick", "--memory", "--only", "W6"] + ([] if _has_torch() else ["--no-torch"]),
+                               threads=1)
+    (rec,) = records
+    assert rec["minigen_peak_rss_mb"] > 0 and rec["minigen_step_rss_mb"] >= 0
+    assert rec["minigen_peak_rss_mb"] >= rec["minigen_rss_before_mb"]
+    if _has_torch():
+        # PyTorch's libraries alone outweigh minigen's whole process
+        assert rec["torch_peak_rss_mb"] > rec["minigen_peak_rss_mb"] and rec["torch_step_rss_mb"] >= 0

@@ -5,7 +5,7 @@ Each twin has the module structure and attribute names of a minigen model, so
 sides compute from identical numbers.  Two users:
 
 * the oracle tests (``tests/test_oracle_*.py``) compare outputs and gradients;
-* the benchmarks (``python -m benchmarks``, workloads W0-W5 of
+* the benchmarks (``python -m benchmarks``, workloads W0-W7 of
   benchmarks/README.md) time the twin in the same process as minigen (2 threads,
   see ``use_threads``) and, with ``--check``, compare one step.
 
@@ -314,10 +314,10 @@ class UNet(tnn.Module):
         return self.conv_out(TF.silu(self.norm_out(u)))
 
 
-def ddpm_schedule(device="cpu", T=1000):
-    """alpha_bar_t = prod_{s<=t} (1 - beta_s), betas linear in [1e-4, 0.02]."""
+def ddpm_schedule(device="cpu", T=1000, dtype=torch.float32):
+    """alpha_bar_t = prod_{s<=t} (1 - beta_s), betas linear in [1e-4, 0.02] (computed in float64)."""
     betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
-    return torch.cumprod(1 - betas, 0).to(torch.float32).to(device)
+    return torch.cumprod(1 - betas, 0).to(dtype).to(device)
 
 
 def ddpm_loss(model, alpha_bar, x0, t, eps):
@@ -337,6 +337,56 @@ def ddpm_step(model, opt, alpha_bar, x0):
         opt.step()
         return loss
     return step
+
+
+# ----------------------------------------------------------------------------
+# W6  UNet sampling forward;  W7  DDIM-50 sampling (the W3 UNet)
+# ----------------------------------------------------------------------------
+
+def unet_sample_call(model, x, t):
+    """One forward of the denoiser without autograd (``torch.inference_mode``), as a sampler makes it."""
+    def forward():
+        with torch.inference_mode():
+            return model(x, t)
+    return forward
+
+
+def ddim_timesteps(T, steps):
+    """``steps`` timesteps evenly spaced from T-1 down to 0 (minigen's ``ddim_timesteps``)."""
+    return np.round(np.linspace(T - 1, 0, int(steps))).astype(np.int64)
+
+
+def ddim_sample(model, alpha_bar, x, steps=50, clip_denoised=True):
+    """Deterministic DDIM (eta = 0; Song, Meng & Ermon 2021, eq. 12 with sigma_t = 0) from x = x_T.
+
+    alpha_bar: the schedule's alpha_bar_t, t = 0..T-1 (any 1-D tensor or array; read as float64).
+    With ab = alpha_bar at the current step t and ab' at the next one of the subsequence (1 past the end):
+
+        eps_hat = model(x_t, t),   x0_hat = (x_t - sqrt(1 - ab) eps_hat) / sqrt(ab),
+        [clip_denoised: x0_hat clipped to [-1, 1], eps_hat = (x_t - sqrt(ab) x0_hat) / sqrt(1 - ab)]
+        x_{t'} = sqrt(ab') x0_hat + sqrt(1 - ab') eps_hat.
+    """
+    ab_all = [float(a) for a in (alpha_bar.tolist() if hasattr(alpha_bar, "tolist") else alpha_bar)]
+    seq = ddim_timesteps(len(ab_all), steps)
+    with torch.inference_mode():
+        for i, step in enumerate(seq):
+            ab = ab_all[step]
+            ab_prev = ab_all[seq[i + 1]] if i + 1 < len(seq) else 1.0
+            t = torch.full((x.shape[0],), int(step), dtype=torch.int64, device=x.device)
+            eps = model(x, t)
+            x0 = (x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab)
+            if clip_denoised:
+                x0 = x0.clamp(-1.0, 1.0)
+                eps = (x - math.sqrt(ab) * x0) / math.sqrt(1.0 - ab)
+            x = math.sqrt(ab_prev) * x0 + math.sqrt(1.0 - ab_prev) * eps
+    return x
+
+
+def ddim_call(model, alpha_bar, shape, steps=50, device="cpu"):
+    """The W7 call: x_T ~ N(0, I), ``steps`` DDIM steps, the images copied to host memory."""
+    def sample():
+        return to_numpy(ddim_sample(model, alpha_bar, torch.randn(*shape, device=device), steps))
+    return sample
 
 
 # ----------------------------------------------------------------------------

