@@ -313,8 +313,9 @@ class Adam(Optimizer):
     ``_update`` is ``adam_reference_step`` done in place (``_adam_inplace``): the
     moments are updated in their own arrays and the step is built in a reused
     scratch buffer, so a step allocates no new arrays (the reference allocates about
-    six per parameter).  Large NumPy parameters are updated on two threads, half
-    each (``F.math.split_elementwise``), with the same numbers bit for bit.
+    six per parameter).  With $MINIGEN_ELEMENTWISE_THREADS=2 large NumPy parameters are
+    updated on two threads, half each (``F.math.split_elementwise``; off by default, it did not
+    pay on a 2-core machine), with the same numbers bit for bit.
     """
 
     decoupled_weight_decay = False
@@ -342,7 +343,7 @@ class Adam(Optimizer):
         coefs = (lr, beta1, beta2, eps, wd, self.decoupled_weight_decay, lr / bias_correction1,
                  1 / math.sqrt(bias_correction2))
         g_decayed = self._scratch.get(w, 1) if wd != 0 and not self.decoupled_weight_decay else None
-        # buys: large weights on two threads when a core is free (same CPU time), see benchmarks/README.md
+        # buys: on request, large weights on two threads (measured slower by default: benchmarks/README.md)
         split_elementwise(lambda *arrays: _adam_inplace(*arrays, coefs), w, g, m, v, self._scratch.get(w, 0),
                           g_decayed)
 

@@ -131,18 +131,17 @@ def test_tanh_gelu_two_threads_bit_identical_to_one(monkeypatch):
     assert out[2][0].dtype == np.float32 and out[2][1].dtype == np.float32
 
 
-def test_threads_follow_omp_num_threads_unless_minigen_says_otherwise(monkeypatch):
+def test_two_threads_only_when_asked_for(monkeypatch):
     two = 2 if (__import__("os").cpu_count() or 1) >= 2 else 1
     monkeypatch.delenv("MINIGEN_ELEMENTWISE_THREADS", raising=False)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert fm.elementwise_threads() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert fm.elementwise_threads() == two
-    monkeypatch.setenv("MINIGEN_ELEMENTWISE_THREADS", "1")     # BLAS on 2 threads, the chains on 1
-    assert fm.elementwise_threads() == 1
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert fm.elementwise_threads() == 1                          # off by default (it did not pay)
     monkeypatch.setenv("MINIGEN_ELEMENTWISE_THREADS", "2")
     assert fm.elementwise_threads() == two
+    monkeypatch.setenv("MINIGEN_ELEMENTWISE_THREADS", "1")
+    assert fm.elementwise_threads() == 1
+    monkeypatch.setenv("MINIGEN_ELEMENTWISE_THREADS", "two")      # not a number: off
+    assert fm.elementwise_threads() == 1
 
 
 @pytest.mark.parametrize("threads", ["one_thread", "two_threads"])

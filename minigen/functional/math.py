@@ -82,12 +82,13 @@ split_calls = 0                 # chains that ran on two threads (tests look at 
 
 
 def elementwise_threads() -> int:
-    """How many threads ``split_elementwise`` uses: 2, or 1 where $MINIGEN_ELEMENTWISE_THREADS (else
-    $OMP_NUM_THREADS) is 1, or on one CPU."""
+    """How many threads ``split_elementwise`` uses: 1 unless $MINIGEN_ELEMENTWISE_THREADS asks for 2
+    (and there are two CPUs).  Off by default: on a 2-core machine whose BLAS already runs two
+    threads, the split made the W1, W3 and W5 steps 2-6% slower (benchmarks/README.md)."""
     try:
-        n = int(os.environ.get("MINIGEN_ELEMENTWISE_THREADS") or os.environ.get("OMP_NUM_THREADS") or 2)
+        n = int(os.environ.get("MINIGEN_ELEMENTWISE_THREADS") or 1)
     except ValueError:
-        n = 2
+        n = 1
     return 2 if n >= 2 and (os.cpu_count() or 1) >= 2 else 1
 
 
@@ -502,7 +503,7 @@ class SiLU(Function):
 
 def _silu_fused(x, s, y):
     """SiLU's forward into s = sigma(x) and y = x s."""
-    # buys: two threads on large arrays when a core is free (same CPU time), see benchmarks/README.md
+    # buys: on request, two threads on large arrays (measured slower by default: benchmarks/README.md)
     _sigmoid_array(x, out=s)
     xp_of(x).multiply(x, s, out=y)
 
