@@ -121,8 +121,8 @@ def test_bce_with_logits_gradients(data):
     y = data.draw(arrays(shape, 0.0, 1.0))
     reduction = data.draw(st.sampled_from(REDUCTIONS))
     fn = lambda a, b: F.binary_cross_entropy_with_logits(a, b, reduction=reduction)  # noqa: E731
-    gradcheck(fn, [x, y])
-    gradgradcheck(fn, [x, y])
+    assert gradcheck(fn, [x, y])
+    assert gradgradcheck(fn, [x, y])
 
 
 def test_bce_with_logits_weights_gradients(device):
@@ -130,8 +130,8 @@ def test_bce_with_logits_weights_gradients(device):
     x, y = r.standard_normal((3, 4)), r.uniform(0, 1, (3, 4))
     w, pw = r.uniform(0.5, 2, (3, 1)), r.uniform(0.5, 2, (4,))  # both broadcast
     fn = lambda a, b, c, d: F.binary_cross_entropy_with_logits(a, b, weight=c, pos_weight=d)  # noqa: E731
-    gradcheck(fn, [x, y, w, pw], device=device)
-    gradgradcheck(fn, [x, y, w, pw], device=device)
+    assert gradcheck(fn, [x, y, w, pw], device=device)
+    assert gradgradcheck(fn, [x, y, w, pw], device=device)
 
 
 def test_bce_with_logits_is_stable_at_extreme_logits(device):

@@ -45,7 +45,9 @@ def test_readme_has_code_blocks():
 def test_python_block_runs(index, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
     code = _blocks("python")[index]
-    exec(compile(code, f"README python block {index}", "exec"), {"__name__": "__readme__"})
+    namespace = {"__name__": "__readme__"}
+    exec(compile(code, f"README python block {index}", "exec"), namespace)
+    assert set(namespace) - {"__name__", "__builtins__"}, f"README python block {index} ran but defined nothing"
 
 
 class _Parsed(Exception):

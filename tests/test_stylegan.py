@@ -96,8 +96,8 @@ def test_modulated_conv_equals_an_explicit_per_sample_convolution(fused, demodul
 def test_modulated_conv_gradients(fused, float64):
     rng = np.random.default_rng(3)
     x, weight, styles = rng.standard_normal((2, 3, 4, 4)), rng.standard_normal((2, 3, 3, 3)), rng.uniform(0.5, 2, (2, 3))
-    gradcheck(lambda a, w, s: sg.modulated_conv2d(a, w, s, demodulate=True, padding=1, fused=fused),
-              [x, weight, styles])
+    assert gradcheck(lambda a, w, s: sg.modulated_conv2d(a, w, s, demodulate=True, padding=1, fused=fused),
+                     [x, weight, styles])
 
 
 # ----------------------------------------------------------------------------
@@ -339,7 +339,7 @@ def test_r1_gradient_wrt_d_weights_passes_the_second_order_check(float64):
     D = _tiny_discriminator()
     x = np.random.default_rng(13).standard_normal((4, 1, 8, 8))
     fn, params = _r1_of_parameters(D, x)
-    gradcheck(fn, params, rtol=1e-5, atol=1e-8, max_elementwise=8, n_directions=2)
+    assert gradcheck(fn, params, rtol=1e-5, atol=1e-8, max_elementwise=8, n_directions=2)
 
 
 def test_a_planted_first_order_only_backward_fails_the_r1_check(monkeypatch, float64):
@@ -352,7 +352,7 @@ def test_a_planted_first_order_only_backward_fails_the_r1_check(monkeypatch, flo
     fn, params = _r1_of_parameters(D, x)
     monkeypatch.setattr(F.math.LeakyReLU, "backward", detached_backward)
     with pytest.raises(GradcheckError):
-        gradcheck(fn, params, rtol=1e-5, atol=1e-8, max_elementwise=8, n_directions=2)
+        assert gradcheck(fn, params, rtol=1e-5, atol=1e-8, max_elementwise=8, n_directions=2)
 
 
 def test_r1_is_the_squared_input_gradient_of_d(float64):
