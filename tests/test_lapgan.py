@@ -273,14 +273,20 @@ def test_a_level_step_changes_only_that_level_and_sends_no_gradient_elsewhere(k,
     mine = {id(p) for p in _params(model, k)}
     for p in model.parameters():
         if id(p) in mine:
-            assert not np.array_equal(before[id(p)], p.numpy())
-            assert p.grad is not None and np.abs(p.grad.numpy()).max() > 0
+            # every parameter of level k gets a gradient and moves, except where the gradient is
+            # zero up to rounding (in this tiny model G's output bias: about 2e-10 against entries
+            # of 3e-3 in the gradient it sums), where the order of the additions decides whether
+            # it is exactly 0 and Adam leaves the parameter where it was
+            assert p.grad is not None
+            if np.abs(p.grad.numpy()).max() > 1e-6:
+                assert not np.array_equal(before[id(p)], p.numpy())
         else:
             np.testing.assert_array_equal(before[id(p)], p.numpy())
             assert p.grad is None                                   # never in level k's graph
     for j in range(model.levels):                                   # only level k's optimizers stepped
         assert bool(opts_g[j].state) == bool(opts_d[j].state) == (j == k)
     # the parameters partition into the levels
+    assert sum(not np.array_equal(before[id(p)], p.numpy()) for p in _params(model, k)) >= len(mine) - 1
     ids = [id(p) for j in range(model.levels) for p in _params(model, j)]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
 

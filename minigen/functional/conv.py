@@ -50,7 +50,10 @@ reference; ``FAST_KERNELS = False`` switches them off):
   chunk by chunk (W3's peak memory falls from ~1.4 GB to ~0.5 GB);
 * the input gradient of a stride-1 convolution is a gather, not a scatter:
   conv2d of the padded gy with the flipped kernel, in/out channels swapped;
-* a 1x1 convolution (stride 1, no padding) is one product, no im2col.
+* a 1x1 convolution (stride 1, no padding) is one product, no im2col;
+* the batch is split over threads (``parallel.split_batch``: two on a two-core
+  machine), each running its own range's chunks with a one-thread BLAS, so the
+  copies and transposes between the products use both cores too.
 CuPy arrays and grouped convolutions run the reference kernels.
 
 Also here: avg_pool2d and max_pool2d (strided window views), and interpolate
@@ -67,6 +70,7 @@ import numpy as np
 from ..autograd import Function, Tensor, check_floating, is_grad_enabled
 from .. import backend
 from ..backend import xp_of
+from .parallel import split_batch
 from .shape import GetItemGrad, reshape
 
 __all__ = ["conv2d", "conv_transpose2d", "avg_pool2d", "max_pool2d", "interpolate"]
@@ -232,7 +236,7 @@ def _conv_weight_grad(x, gy, geo, w_shape, cols=None, rows=None):
 # in one reused, cache-sized buffer (see the module docstring).
 
 FAST_KERNELS = True      # False: every convolution runs the reference kernels above
-CHUNK_BYTES = 16 << 20   # size of the reused column buffer (4 and 16 MiB: best on W3/W4 at 2 threads; 64 MiB worse)
+CHUNK_BYTES = 1 << 20    # column buffer per thread: 0.5-1 MiB best on W3 with two batch threads (16 MiB: 11% slower)
 fast_calls = {"forward": 0, "input_grad": 0, "weight_grad": 0, "conv1x1": 0}   # how often each fast kernel ran
 
 
@@ -270,17 +274,22 @@ def _chunks(x, pads, kh, kw, stride, dilation, out_hw):
 
 
 def _conv_nhwc_into(x, pads, wm, kh, kw, stride, dilation, out_hw):
-    """y (N, F, OH, OW) = conv of x (NCHW, zero padded by ``pads``) with wm (F, K), K ordered (kh, kw, C)."""
+    """y (N, F, OH, OW) = conv of x (NCHW, zero padded by ``pads``) with wm (F, K), K ordered (kh, kw, C).
+
+    The batch is split over ``split_batch``'s threads; each range runs its own chunks."""
     N = x.shape[0]
     F = wm.shape[0]
     Q = out_hw[0] * out_hw[1]
     y = np.empty((N, F, Q), dtype=np.result_type(x, wm))
-    rows = None
-    for n0, n, cols in _chunks(x, pads, kh, kw, stride, dilation, out_hw):
-        if rows is None:
-            rows = np.empty((n * Q, F), dtype=y.dtype)      # one product per chunk, channels-last rows
-        np.matmul(cols.reshape(n * Q, -1), wm.T, out=rows[:n * Q])
-        y[n0:n0 + n] = rows[:n * Q].reshape(n, Q, F).transpose(0, 2, 1)   # a cache-sized transpose
+
+    def run(a, b):
+        rows = None
+        for n0, n, cols in _chunks(x[a:b], pads, kh, kw, stride, dilation, out_hw):
+            if rows is None:
+                rows = np.empty((n * Q, F), dtype=y.dtype)      # one product per chunk, channels-last rows
+            np.matmul(cols.reshape(n * Q, -1), wm.T, out=rows[:n * Q])
+            y[a + n0:a + n0 + n] = rows[:n * Q].reshape(n, Q, F).transpose(0, 2, 1)   # a cache-sized transpose
+    split_batch(run, N, N * Q * wm.shape[1])
     return y.reshape((N, F) + tuple(out_hw))
 
 
@@ -327,23 +336,27 @@ def _conv_input_grad_chunked(gy, w, geo, x_shape):
     OH, OW = gy.shape[2:]
     Q, K = OH * OW, kh * kw * C
     wm = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(F, K)        # (F, K) columns (kh, kw, C)
-    step = max(1, min(N, CHUNK_BYTES // (Q * K * gy.itemsize)))
     Hp = max(H + 2 * ph, dh * (kh - 1) + sh * (OH - 1) + 1)
     Wp = max(W + 2 * pw, dw * (kw - 1) + sw * (OW - 1) + 1)
-    padded = np.empty((step, Hp, Wp, C), dtype=np.result_type(gy, w))
-    cols = np.empty((step * Q, K), dtype=padded.dtype)
-    gx = np.empty((N, C, H, W), dtype=padded.dtype)
-    for n0 in range(0, N, step):
-        n = min(step, N - n0)
-        rows = gy[n0:n0 + n].reshape(n, F, Q).transpose(0, 2, 1).reshape(n * Q, F)   # a small copy
-        taps = np.matmul(rows, wm, out=cols[:n * Q]).reshape(n, OH, OW, kh, kw, C)
-        p = padded[:n]
-        p[...] = 0
-        for i in range(kh):
-            for j in range(kw):
-                hs, ws = slice(i * dh, i * dh + sh * (OH - 1) + 1, sh), slice(j * dw, j * dw + sw * (OW - 1) + 1, sw)
-                p[:, hs, ws] += taps[:, :, :, i, j]
-        gx[n0:n0 + n] = p[:, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)
+    dtype = np.result_type(gy, w)
+    gx = np.empty((N, C, H, W), dtype=dtype)
+
+    def run(a, b):
+        step = max(1, min(b - a, CHUNK_BYTES // (Q * K * gy.itemsize)))
+        padded = np.empty((step, Hp, Wp, C), dtype=dtype)
+        cols = np.empty((step * Q, K), dtype=dtype)
+        for n0 in range(a, b, step):
+            n = min(step, b - n0)
+            rows = gy[n0:n0 + n].reshape(n, F, Q).transpose(0, 2, 1).reshape(n * Q, F)   # a small copy
+            taps = np.matmul(rows, wm, out=cols[:n * Q]).reshape(n, OH, OW, kh, kw, C)
+            p = padded[:n]
+            p[...] = 0
+            for i in range(kh):
+                for j in range(kw):
+                    hs, ws = slice(i * dh, i * dh + sh * (OH - 1) + 1, sh), slice(j * dw, j * dw + sw * (OW - 1) + 1, sw)
+                    p[:, hs, ws] += taps[:, :, :, i, j]
+            gx[n0:n0 + n] = p[:, ph:ph + H, pw:pw + W].transpose(0, 3, 1, 2)
+    split_batch(run, N, N * Q * K)
     fast_calls["input_grad"] += 1
     return gx
 
@@ -356,31 +369,40 @@ def _conv_weight_grad_chunked(x, gy, geo, w_shape):
     N = x.shape[0]
     Q = gy.shape[2] * gy.shape[3]
     gyq = gy.reshape(N, F, Q)
-    gw = np.zeros((F, kh * kw * C), dtype=np.result_type(x, gy))
-    for n0, n, cols in _chunks(x, (ph, ph, pw, pw), kh, kw, geo.stride, geo.dilation, gy.shape[2:]):
-        g = gyq[n0:n0 + n].transpose(1, 0, 2).reshape(F, n * Q)    # a small copy (one chunk of gy)
-        gw += g @ cols.reshape(n * Q, -1)
+
+    def run(a, b):     # this range's share of gW
+        gw = np.zeros((F, kh * kw * C), dtype=np.result_type(x, gy))
+        for n0, n, cols in _chunks(x[a:b], (ph, ph, pw, pw), kh, kw, geo.stride, geo.dilation, gy.shape[2:]):
+            g = gyq[a + n0:a + n0 + n].transpose(1, 0, 2).reshape(F, n * Q)    # a small copy (one chunk of gy)
+            gw += g @ cols.reshape(n * Q, -1)
+        return gw
+    parts = split_batch(run, N, N * Q * kh * kw * C)
+    gw = parts[0]
+    for part in parts[1:]:
+        gw += part
     fast_calls["weight_grad"] += 1
     return np.ascontiguousarray(gw.reshape(F, kh, kw, C).transpose(0, 3, 1, 2))
 
 
 # buys: a 1x1 convolution is one product between two transposes, no im2col (fwd/gx 1.2-1.9x, 1 thread)
-# (one GEMM per face, not one per image: small threaded GEMMs stall when other processes hold a core)
+# (one GEMM per face and batch range, not one per image: small threaded GEMMs stall when other processes hold a core)
 def _channels_first(x):
     """(N, C, H, W) -> (C, N*H*W), a copy."""
     N, C, H, W = x.shape
     return np.ascontiguousarray(x.reshape(N, C, H * W).transpose(1, 0, 2)).reshape(C, N * H * W)
 
 
-def _batch_first(y2, N, hw):
-    """(F, N*H*W) -> (N, F, H, W), a copy."""
-    F = y2.shape[0]
-    return np.ascontiguousarray(y2.reshape(F, N, hw[0] * hw[1]).transpose(1, 0, 2)).reshape((N, F) + tuple(hw))
+def _batch_first_into(out, y2):
+    """out (N, F, H, W) = y2 (F, N*H*W) with the batch axis first again."""
+    N, F = out.shape[:2]
+    out.reshape(N, F, -1)[...] = y2.reshape(F, N, -1).transpose(1, 0, 2)
 
 
 def _conv1x1_forward(x, w, b):
     """y = W (F, C) @ x as (C, N*H*W): conv2d with a 1x1 kernel, stride 1, no padding."""
-    y = _batch_first(w.reshape(w.shape[0], -1) @ _channels_first(x), x.shape[0], x.shape[2:])
+    wm = w.reshape(w.shape[0], -1)
+    y = np.empty((x.shape[0], wm.shape[0]) + x.shape[2:], dtype=np.result_type(x, w))
+    split_batch(lambda a, b_: _batch_first_into(y[a:b_], wm @ _channels_first(x[a:b_])), x.shape[0], x.size)
     if b is not None:
         y += b.reshape(1, -1, 1, 1)
     fast_calls["conv1x1"] += 1
@@ -389,14 +411,21 @@ def _conv1x1_forward(x, w, b):
 
 def _conv1x1_input_grad(gy, w):
     """gx = W^T (C, F) @ gy as (F, N*H*W)."""
+    wt = w.reshape(w.shape[0], -1).T
+    gx = np.empty((gy.shape[0], wt.shape[0]) + gy.shape[2:], dtype=np.result_type(gy, w))
+    split_batch(lambda a, b: _batch_first_into(gx[a:b], wt @ _channels_first(gy[a:b])), gy.shape[0], gy.size)
     fast_calls["conv1x1"] += 1
-    return _batch_first(w.reshape(w.shape[0], -1).T @ _channels_first(gy), gy.shape[0], gy.shape[2:])
+    return gx
 
 
 def _conv1x1_weight_grad(x, gy):
-    """gW (F, C) = gy as (F, N*H*W) @ (x as (C, N*H*W))^T."""
+    """gW (F, C) = gy as (F, N*H*W) @ (x as (C, N*H*W))^T, summed over the batch ranges."""
+    parts = split_batch(lambda a, b: _channels_first(gy[a:b]) @ _channels_first(x[a:b]).T, x.shape[0], x.size)
+    gw = parts[0]
+    for part in parts[1:]:
+        gw += part
     fast_calls["conv1x1"] += 1
-    return (_channels_first(gy) @ _channels_first(x).T).reshape(gy.shape[1], x.shape[1], 1, 1)
+    return gw.reshape(gy.shape[1], x.shape[1], 1, 1)
 
 
 def _is_1x1(w_shape, geo, hw_a, hw_b):
