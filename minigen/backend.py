@@ -22,7 +22,13 @@ What lives here
   scalars in one read) and ``StepLogs`` (a training step's logged numbers, read
   lazily in one transfer);
 * ``tune_malloc()``: an explicit, process-wide glibc allocator setting that the
-  benchmarks call (importing minigen changes nothing in the process).
+  benchmarks call (importing minigen does not call it);
+* one environment default, set only when minigen is imported before NumPy and only
+  if the variable is unset: ``OPENBLAS_THREAD_TIMEOUT=20``.  OpenBLAS's idle threads
+  otherwise spin for 2^28 cycles (about 0.1 s) after every threaded product, holding
+  the cores that the convolutions' batch threads need (functional/parallel.py);
+  2^20 cycles is well under a millisecond.  ``BLAS_SPIN_LIMITED`` says whether a
+  limit is in force (set here, or by the user before NumPy was loaded).
 
 Random numbers on the CPU are drawn by NumPy's PCG64.  On the GPU they are drawn
 on the device (cuRAND's Philox), so no noise crosses the bus: each draw reseeds the
@@ -36,9 +42,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Mapping
 
-import numpy as np
+# Before NumPy loads OpenBLAS (see the module docstring); a value already set wins.
+BLAS_SPIN_LIMITED = "numpy" not in sys.modules or "OPENBLAS_THREAD_TIMEOUT" in os.environ
+if "numpy" not in sys.modules:
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
+import numpy as np  # noqa: E402
 
 DEVICES = ("cpu", "gpu")
 

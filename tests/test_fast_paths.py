@@ -195,3 +195,51 @@ def test_linear_plain_backward_on_arrays_equals_the_recorded_ops(monkeypatch, x_
     # double backward through the recorded gradient of x: d/dW <gx, 1> = sum_rows gy^T ...
     (ggw,) = mg.grad(recorded[0].sum(), [inputs[1]])
     np.testing.assert_allclose(ggw.numpy(), np.outer(gy64.reshape(-1, 6).sum(0), np.ones(4)), rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------
+# the norms' plain backward on arrays (minigen/functional/norm.py: Normalize._backward_arrays)
+# ----------------------------------------------------------------------------
+
+NORMS = {
+    "group": (lambda x, w, b: F.group_norm(x, 2, w, b), (3, 4, 5, 6), (4,)),
+    "batch": (lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), (5, 3, 4, 2), (3,)),
+    "batch2d": (lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), (6, 3), (3,)),
+    "layer": (lambda x, w, b: F.layer_norm(x, (4, 5), w, b), (2, 3, 4, 5), (4, 5)),
+}
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+@pytest.mark.parametrize("params", ["both", "weight", "bias", "none"])
+def test_norm_plain_backward_on_arrays_equals_the_recorded_formula(norm, params):
+    fn, x_shape, p_shape = NORMS[norm]
+    rng = np.random.default_rng(5)
+    x64 = rng.standard_normal(x_shape) * 3 + 1
+    gy64 = rng.standard_normal(x_shape)
+
+    def grads(create_graph):
+        x = mg.tensor(x64, requires_grad=True)
+        w = mg.tensor(rng.standard_normal(p_shape) + 1, requires_grad=True) if params in ("both", "weight") else None
+        b = mg.tensor(rng.standard_normal(p_shape), requires_grad=True) if params in ("both", "bias") else None
+        inputs = [t for t in (x, w, b) if t is not None]
+        y = fn(x, w, b)
+        return mg.grad(y, inputs, grad_outputs=mg.tensor(gy64), create_graph=create_graph)
+
+    rng = np.random.default_rng(6)
+    fast = grads(False)
+    rng = np.random.default_rng(6)
+    recorded = grads(True)
+    assert recorded[0].requires_grad and not fast[0].requires_grad
+    for a, b in zip(fast, recorded):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-11, atol=1e-12)
+
+
+def test_norm_plain_backward_is_the_path_taken(monkeypatch):
+    from minigen.functional import norm
+    taken = []
+    original = norm.Normalize._backward_arrays
+    monkeypatch.setattr(norm.Normalize, "_backward_arrays", lambda self, gy: taken.append(1) or original(self, gy))
+    x = mg.tensor(np.random.default_rng(0).standard_normal((2, 4, 3)), requires_grad=True)
+    F.group_norm(x, 2).sum().backward()
+    assert taken == [1] and x.grad is not None

@@ -21,7 +21,7 @@ import minigen.functional.parallel as par
 def two_threads(monkeypatch):
     """split_batch with two workers and no size threshold, whatever this machine's BLAS is."""
     pool = ThreadPoolExecutor(2)
-    monkeypatch.setattr(par, "_state", (os.getpid(), 2, pool))
+    monkeypatch.setattr(par, "_state", (os.getpid(), 2, pool, None))
     monkeypatch.setattr(par, "MIN_SPLIT_SIZE", 0)
     yield
     pool.shutdown()
@@ -29,7 +29,7 @@ def two_threads(monkeypatch):
 
 @pytest.fixture
 def one_thread(monkeypatch):
-    monkeypatch.setattr(par, "_state", (os.getpid(), 1, None))
+    monkeypatch.setattr(par, "_state", (os.getpid(), 1, None, None))
 
 
 def test_ranges_cover_the_batch_in_order(two_threads):
@@ -43,7 +43,7 @@ def test_small_work_and_one_thread_run_the_whole_batch_here(two_threads, monkeyp
     assert par.split_batch(lambda a, b: (a, b), 8, 99) == [(0, 8)]
     assert par.split_batch(lambda a, b: (a, b), 8, 100) == [(0, 4), (4, 8)]
     assert par.split_calls == calls + 1
-    monkeypatch.setattr(par, "_state", (os.getpid(), 1, None))
+    monkeypatch.setattr(par, "_state", (os.getpid(), 1, None, None))
     assert par.split_batch(lambda a, b: (a, b), 8, 10 ** 9) == [(0, 8)]
 
 
@@ -85,10 +85,10 @@ def _conv_and_grads(xs, ws, stride, padding):
 
 @pytest.mark.parametrize("xs, ws, stride, padding", CASES)
 def test_conv_faces_split_over_two_threads_equal_one_thread(xs, ws, stride, padding, monkeypatch):
-    monkeypatch.setattr(par, "_state", (os.getpid(), 1, None))
+    monkeypatch.setattr(par, "_state", (os.getpid(), 1, None, None))
     serial = _conv_and_grads(xs, ws, stride, padding)
     pool = ThreadPoolExecutor(2)
-    monkeypatch.setattr(par, "_state", (os.getpid(), 2, pool))
+    monkeypatch.setattr(par, "_state", (os.getpid(), 2, pool, None))
     monkeypatch.setattr(par, "MIN_SPLIT_SIZE", 0)
     calls = par.split_calls
     split = _conv_and_grads(xs, ws, stride, padding)
@@ -106,3 +106,28 @@ def test_float32_conv_split_stays_float32_and_close(two_threads):
     assert y.dtype == np.float32
     ref = F.conv2d(mg.tensor(x.astype(np.float64)), mg.tensor(w.astype(np.float64)), padding=1).numpy()
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_no_split_by_default_without_a_limit_on_openblas_spinning(monkeypatch):
+    from minigen import backend
+    monkeypatch.delenv("MINIGEN_BATCH_THREADS", raising=False)
+    monkeypatch.setattr(backend, "BLAS_SPIN_LIMITED", False)
+    monkeypatch.setattr(par, "_state", None)
+    assert par.batch_threads() == 1
+    monkeypatch.setattr(par, "_state", None)
+
+
+def test_the_callers_blas_thread_count_comes_back_after_a_split(monkeypatch):
+    from minigen import backend
+    monkeypatch.setattr(par, "_state", None)
+    monkeypatch.delenv("MINIGEN_BATCH_THREADS", raising=False)
+    monkeypatch.setattr(backend, "BLAS_SPIN_LIMITED", True)
+    if par.batch_threads() < 2:
+        pytest.skip("this BLAS cannot run one thread per batch range (or one thread is configured)")
+    lib = par._state[3]
+    before = par._blas_thread_count(lib)
+    seen = par.split_batch(lambda a, b: par._blas_thread_count(lib), 4, 1 << 30)
+    assert seen == [1, 1]                        # each range ran with a one-thread BLAS
+    assert par._blas_thread_count(lib) == before  # and the caller has its own back
+    par._state[2].shutdown()
+    monkeypatch.setattr(par, "_state", None)

@@ -236,7 +236,8 @@ def _conv_weight_grad(x, gy, geo, w_shape, cols=None, rows=None):
 # in one reused, cache-sized buffer (see the module docstring).
 
 FAST_KERNELS = True      # False: every convolution runs the reference kernels above
-CHUNK_BYTES = 1 << 20    # column buffer per thread: 0.5-1 MiB best on W3 with two batch threads (16 MiB: 11% slower)
+CHUNK_BYTES = 16 << 20        # column buffer on one thread (4 and 16 MiB: best on W3/W4 at 2 BLAS threads; 64 MiB worse)
+SPLIT_CHUNK_BYTES = 1 << 20   # per thread when the batch is split (0.5-1 MiB best on W3; 16 MiB 11% slower)
 fast_calls = {"forward": 0, "input_grad": 0, "weight_grad": 0, "conv1x1": 0}   # how often each fast kernel ran
 
 
@@ -244,7 +245,12 @@ def _use_fast(geo, *arrays):
     return FAST_KERNELS and geo.groups == 1 and all(type(a) is np.ndarray for a in arrays)
 
 
-def _chunks(x, pads, kh, kw, stride, dilation, out_hw):
+def _chunk_bytes(split):
+    """The column buffer's size: smaller when the batch is split over threads (the tests shrink both)."""
+    return min(CHUNK_BYTES, SPLIT_CHUNK_BYTES) if split else CHUNK_BYTES
+
+
+def _chunks(x, pads, kh, kw, stride, dilation, out_hw, chunk_bytes=None):
     """Yield (n0, n, cols): cols (n, OH*OW, K) are the im2col rows of images n0..n0+n-1 of x.
 
     x is NCHW; ``pads`` = (top, bottom, left, right) zero padding (negative: crop).  Each
@@ -255,7 +261,7 @@ def _chunks(x, pads, kh, kw, stride, dilation, out_hw):
     top, bottom, left, right = pads
     OH, OW = out_hw
     Q, K = OH * OW, kh * kw * C
-    step = max(1, min(N, CHUNK_BYTES // (Q * K * x.itemsize)))
+    step = max(1, min(N, (chunk_bytes or CHUNK_BYTES) // (Q * K * x.itemsize)))
     padded = np.zeros((step, H + top + bottom, W + left + right, C), dtype=x.dtype)  # border stays 0
     src = x[:, :, max(0, -top):H - max(0, -bottom), max(0, -left):W - max(0, -right)]
     r, c = max(0, top), max(0, left)
@@ -284,7 +290,7 @@ def _conv_nhwc_into(x, pads, wm, kh, kw, stride, dilation, out_hw):
 
     def run(a, b):
         rows = None
-        for n0, n, cols in _chunks(x[a:b], pads, kh, kw, stride, dilation, out_hw):
+        for n0, n, cols in _chunks(x[a:b], pads, kh, kw, stride, dilation, out_hw, _chunk_bytes(b - a < N)):
             if rows is None:
                 rows = np.empty((n * Q, F), dtype=y.dtype)      # one product per chunk, channels-last rows
             np.matmul(cols.reshape(n * Q, -1), wm.T, out=rows[:n * Q])
@@ -342,7 +348,7 @@ def _conv_input_grad_chunked(gy, w, geo, x_shape):
     gx = np.empty((N, C, H, W), dtype=dtype)
 
     def run(a, b):
-        step = max(1, min(b - a, CHUNK_BYTES // (Q * K * gy.itemsize)))
+        step = max(1, min(b - a, _chunk_bytes(b - a < N) // (Q * K * gy.itemsize)))
         padded = np.empty((step, Hp, Wp, C), dtype=dtype)
         cols = np.empty((step * Q, K), dtype=dtype)
         for n0 in range(a, b, step):
@@ -372,7 +378,8 @@ def _conv_weight_grad_chunked(x, gy, geo, w_shape):
 
     def run(a, b):     # this range's share of gW
         gw = np.zeros((F, kh * kw * C), dtype=np.result_type(x, gy))
-        for n0, n, cols in _chunks(x[a:b], (ph, ph, pw, pw), kh, kw, geo.stride, geo.dilation, gy.shape[2:]):
+        for n0, n, cols in _chunks(x[a:b], (ph, ph, pw, pw), kh, kw, geo.stride, geo.dilation, gy.shape[2:],
+                                   _chunk_bytes(b - a < N)):
             g = gyq[a + n0:a + n0 + n].transpose(1, 0, 2).reshape(F, n * Q)    # a small copy (one chunk of gy)
             gw += g @ cols.reshape(n * Q, -1)
         return gw

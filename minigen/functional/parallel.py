@@ -9,12 +9,19 @@ with BLAS set to one thread there, keeps both cores busy the whole time: W3's 3x
 convolutions ran about 1.4x faster that way (benchmarks/README.md).  NumPy copies and
 OpenBLAS release the GIL, so Python threads are enough.
 
-This needs OpenBLAS's per-thread setting (``openblas_set_num_threads_local``, OpenBLAS
-0.3.27+, which NumPy's wheels ship); without it, or with one BLAS thread configured
-(OMP_NUM_THREADS=1), or when $MINIGEN_BATCH_THREADS is 1, ``split_batch`` runs the
-whole batch as one range on the calling thread.  Each output element is the same sum
-either way; only a reduction over the batch (a weight gradient) adds its per-range
-partial sums in another order, a float32 rounding difference.
+It needs three things: OpenBLAS's thread-count setting ``openblas_set_num_threads_local``
+(OpenBLAS 0.3.27+, which NumPy's wheels ship; in their pthreads build it sets the
+process-wide count, so the split sets 1 and gives the caller its count back after);
+more than one BLAS thread configured; and a limit on how long OpenBLAS's idle threads
+spin after a threaded product (``backend.BLAS_SPIN_LIMITED``: minigen imported before
+NumPy, or OPENBLAS_THREAD_TIMEOUT set by the user).  Without the limit, the threads
+that OpenBLAS woke for the caller's last product keep a core busy for about 0.1 s and
+the split is slower than no split (W3: 923 ms a step against 825 serial and 657 with
+the limit).  $MINIGEN_BATCH_THREADS=N forces N threads, =1 turns the split off.
+Otherwise ``split_batch`` runs the whole batch as one range on the calling thread.
+Each output element is the same sum either way; only a reduction over the batch (a
+weight gradient) adds its per-range partial sums in another order, a float32 rounding
+difference.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ import os
 
 __all__ = ["batch_threads", "split_batch"]
 
-_state = None     # (pid, workers, ThreadPoolExecutor or None): a forked child sets up its own
+_state = None     # (pid, workers, ThreadPoolExecutor or None, OpenBLAS library): a forked child sets up its own
 split_calls = 0   # batches that ran on more than one thread (tests look at it)
 MIN_SPLIT_SIZE = 1 << 18   # below this much work (elements of the caller's choosing), a handoff costs more than it saves
 
@@ -71,7 +78,8 @@ def _setup():
         asked = int(os.environ.get("MINIGEN_BATCH_THREADS") or 0)
     except ValueError:
         asked = 0
-    lib = _openblas() if asked != 1 else None
+    from .. import backend
+    lib = _openblas() if asked > 1 or (asked == 0 and backend.BLAS_SPIN_LIMITED) else None
     if lib is not None:
         workers = asked if asked > 1 else _blas_thread_count(lib)
         workers = max(1, min(workers, os.cpu_count() or 1))
@@ -79,7 +87,7 @@ def _setup():
             from concurrent.futures import ThreadPoolExecutor
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minigen-batch",
                                       initializer=lib.openblas_set_num_threads_local, initargs=(1,))
-    _state = (os.getpid(), workers, pool)
+    _state = (os.getpid(), workers, pool, lib)
     return workers, pool
 
 
@@ -103,4 +111,12 @@ def split_batch(fn, n: int, size: int) -> list:
     if pool is None or parts == 1:
         return [fn(a, b) for a, b in bounds]
     split_calls += 1
-    return list(pool.map(lambda ab: fn(*ab), bounds))
+    # In OpenBLAS's pthreads builds (NumPy's wheels) the "local" count is in fact the
+    # process-wide one: set it to 1 for the split and give the caller back its own after.
+    lib = _state[3]
+    previous = lib.openblas_set_num_threads_local(1) if lib is not None else None
+    try:
+        return list(pool.map(lambda ab: fn(*ab), bounds))
+    finally:
+        if lib is not None:
+            lib.openblas_set_num_threads_local(previous)
