@@ -313,9 +313,9 @@ class Adam(Optimizer):
     ``_update`` is ``adam_reference_step`` done in place (``_adam_inplace``): the
     moments are updated in their own arrays and the step is built in a reused
     scratch buffer, so a step allocates no new arrays (the reference allocates about
-    six per parameter).  With $MINIGEN_ELEMENTWISE_THREADS=2 large NumPy parameters are
-    updated on two threads, half each (``F.math.split_elementwise``; off by default, it did not
-    pay on a 2-core machine), with the same numbers bit for bit.
+    six per parameter).  Large NumPy parameters are updated on two threads, half each
+    (``F.math.split_elementwise``, where ``F.math.elementwise_threads()`` is 2), with the
+    same numbers bit for bit.
     """
 
     decoupled_weight_decay = False

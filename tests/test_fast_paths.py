@@ -131,16 +131,20 @@ def test_tanh_gelu_two_threads_bit_identical_to_one(monkeypatch):
     assert out[2][0].dtype == np.float32 and out[2][1].dtype == np.float32
 
 
-def test_two_threads_only_when_asked_for(monkeypatch):
+def test_two_threads_follow_the_batch_threads_unless_asked(monkeypatch):
+    from minigen.functional import parallel
     two = 2 if (__import__("os").cpu_count() or 1) >= 2 else 1
     monkeypatch.delenv("MINIGEN_ELEMENTWISE_THREADS", raising=False)
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert fm.elementwise_threads() == 1                          # off by default (it did not pay)
+    monkeypatch.setattr(parallel, "batch_threads", lambda: 1)
+    assert fm.elementwise_threads() == 1        # off where the convolutions do not split either
+    monkeypatch.setattr(parallel, "batch_threads", lambda: 2)
+    assert fm.elementwise_threads() == two      # on where they do (OpenBLAS's idle spin limited)
+    monkeypatch.setenv("MINIGEN_ELEMENTWISE_THREADS", "1")
+    assert fm.elementwise_threads() == 1        # the environment wins both ways
+    monkeypatch.setattr(parallel, "batch_threads", lambda: 1)
     monkeypatch.setenv("MINIGEN_ELEMENTWISE_THREADS", "2")
     assert fm.elementwise_threads() == two
-    monkeypatch.setenv("MINIGEN_ELEMENTWISE_THREADS", "1")
-    assert fm.elementwise_threads() == 1
-    monkeypatch.setenv("MINIGEN_ELEMENTWISE_THREADS", "two")      # not a number: off
+    monkeypatch.setenv("MINIGEN_ELEMENTWISE_THREADS", "two")      # not a number: as if unset
     assert fm.elementwise_threads() == 1
 
 

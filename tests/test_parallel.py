@@ -131,3 +131,30 @@ def test_the_callers_blas_thread_count_comes_back_after_a_split(monkeypatch):
     assert par._blas_thread_count(lib) == before  # and the caller has its own back
     par._state[2].shutdown()
     monkeypatch.setattr(par, "_state", None)
+
+
+def _norm_and_grads(kind):
+    gen = np.random.default_rng(2)
+    shape = (5, 6, 4, 3) if kind == "group" else (5, 7, 6)
+    x = mg.tensor(gen.standard_normal(shape) * 2 + 1, requires_grad=True)
+    p_shape = (6,) if kind == "group" else (6,)
+    w = mg.tensor(gen.standard_normal(p_shape), requires_grad=True)
+    b = mg.tensor(gen.standard_normal(p_shape), requires_grad=True)
+    y = F.group_norm(x, 3, w, b) if kind == "group" else F.layer_norm(x, 6, w, b)
+    (y * mg.tensor(gen.standard_normal(shape))).sum().backward()
+    return y.numpy(), x.grad.numpy(), w.grad.numpy(), b.grad.numpy()
+
+
+@pytest.mark.parametrize("kind", ["group", "layer"])
+def test_norms_split_over_two_threads_equal_one_thread(kind, monkeypatch):
+    monkeypatch.setattr(par, "_state", (os.getpid(), 1, None, None))
+    serial = _norm_and_grads(kind)
+    pool = ThreadPoolExecutor(2)
+    monkeypatch.setattr(par, "_state", (os.getpid(), 2, pool, None))
+    monkeypatch.setattr(par, "MIN_SPLIT_SIZE", 0)
+    calls = par.split_calls
+    split = _norm_and_grads(kind)
+    pool.shutdown()
+    assert par.split_calls >= calls + 2                 # forward and backward
+    for a, b in zip(split, serial):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())

@@ -79,17 +79,23 @@ def _const(a):
 SPLIT_MIN_ELEMENTS = 1 << 17    # below this, handing half to a thread costs more than it saves
 _split_pool = None              # (pid, ThreadPoolExecutor): a forked child makes its own
 split_calls = 0                 # chains that ran on two threads (tests look at it)
+_CPUS = os.cpu_count() or 1     # asked once: os.cpu_count() takes ~40 us, and this is asked per op
 
 
 def elementwise_threads() -> int:
-    """How many threads ``split_elementwise`` uses: 1 unless $MINIGEN_ELEMENTWISE_THREADS asks for 2
-    (and there are two CPUs).  Off by default: on a 2-core machine whose BLAS already runs two
-    threads, the split made the W1, W3 and W5 steps 2-6% slower (benchmarks/README.md)."""
+    """How many threads ``split_elementwise`` uses: $MINIGEN_ELEMENTWISE_THREADS when set (1 or 2),
+    otherwise 2 exactly when the convolutions split their batch too (``parallel.batch_threads``:
+    two BLAS threads configured and OpenBLAS's idle spin limited).  With OpenBLAS's threads
+    spinning for ~0.1 s after each product the split made W1, W3 and W5 2-6% slower; with the
+    limit it makes them 3-10% faster (benchmarks/README.md)."""
     try:
-        n = int(os.environ.get("MINIGEN_ELEMENTWISE_THREADS") or 1)
+        n = int(os.environ.get("MINIGEN_ELEMENTWISE_THREADS") or 0)
     except ValueError:
-        n = 1
-    return 2 if n >= 2 and (os.cpu_count() or 1) >= 2 else 1
+        n = 0
+    if n == 0:
+        from .parallel import batch_threads
+        n = batch_threads()
+    return 2 if n >= 2 and _CPUS >= 2 else 1
 
 
 def _pool():

@@ -32,6 +32,7 @@ import numpy as np
 from ..autograd import Function, Tensor, is_grad_enabled, no_grad
 from .. import backend
 from .math import mean, sqrt
+from .parallel import split_batch
 from .shape import reshape
 
 __all__ = ["batch_norm", "group_norm", "layer_norm"]
@@ -61,22 +62,22 @@ class Normalize(Function):
         self.has_weight, self.has_bias = has_weight, has_bias
 
     def forward(self, x, *params):
-        xp = backend.xp_of(x)
-        eps = x.dtype.type(self.eps)
-        self.mean = _pooled_mean(x, self.axes)
-        xhat = x - self.mean
-        # Two passes (subtract the mean, then average the squares): E[x^2] - E[x]^2
-        # would cancel catastrophically when |mean| >> std.
-        self.var = _pooled_mean(xhat, self.axes, xhat)
-        self.rstd = 1 / xp.sqrt(self.var + eps)
-        xhat *= self.rstd
+        weight = params[0] if self.has_weight else None
+        bias = params[-1] if self.has_bias else None
+        if type(x) is np.ndarray and 0 not in self.axes and x.ndim > 1:
+            # per-sample statistics (group and layer norm): each batch range on its own thread
+            xhat = np.empty_like(x)
+            y = xhat if weight is None and bias is None else np.empty(x.shape, np.result_type(x, *params))
+            stats = split_batch(lambda a, b: _normalize_into(x[a:b], self.axes, self.eps, weight, bias,
+                                                             xhat[a:b], y[a:b]), x.shape[0], x.size)
+            self.mean, self.var, self.rstd = (np.concatenate(s) if len(stats) > 1 else s[0]
+                                              for s in zip(*stats))
+        else:
+            xp = backend.xp_of(x)
+            xhat = xp.empty_like(x)
+            y = xhat if weight is None and bias is None else xp.empty(x.shape, xp.result_type(x, *params))
+            self.mean, self.var, self.rstd = _normalize_into(x, self.axes, self.eps, weight, bias, xhat, y)
         self.xhat = xhat
-        y = xhat * params[0] if self.has_weight else xhat
-        if self.has_bias:
-            if y is xhat:
-                y = y + params[-1]  # a new array: xhat is kept for the backward
-            else:
-                y += params[-1]
         return y
 
     def _xhat_rstd(self):
@@ -115,24 +116,76 @@ class Normalize(Function):
     # dbias, which come out summed by BLAS dots): about 2.5x faster than the ops for W3's group norms
     def _backward_arrays(self, gy):
         """The plain backward (not recorded): the same gradients on arrays, wrapped as constants."""
-        xhat, rstd = self.xhat, self.rstd
         x = self.inputs[0]
         weight = self.inputs[1] if self.has_weight else None
-        gx = gw = gb = None
-        if x.requires_grad:
-            scale = rstd if weight is None else rstd * weight.data
-            g = gy * scale                                       # a fresh array, gx is built in it
-            m1, m2 = _pooled_mean(g, self.axes), _pooled_mean(g, self.axes, xhat)
-            t = xhat * m2
-            t += m1
-            g -= t
-            gx = Tensor(g)
-        # dweight = sum of gy * xhat and dbias = sum of gy over the axes the parameters broadcast along
-        if weight is not None and weight.requires_grad:
-            gw = Tensor(_sum_over_broadcast(gy, xhat, weight.shape))
-        if self.has_bias and self.inputs[-1].requires_grad:
-            gb = Tensor(_sum_over_broadcast(gy, None, self.inputs[-1].shape))
-        return (gx,) + ((gw,) if self.has_weight else ()) + ((gb,) if self.has_bias else ())
+        bias = self.inputs[-1] if self.has_bias else None
+        need = (x.requires_grad, weight is not None and weight.requires_grad,
+                bias is not None and bias.requires_grad)
+        wdata = None if weight is None else weight.data
+        xhat, rstd, axes = self.xhat, self.rstd, self.axes
+
+        xp = backend.xp_of(gy)
+        gx = xp.empty(gy.shape, xp.result_type(gy, rstd, *([wdata] if wdata is not None else []))) \
+            if need[0] else None
+
+        def run(a, b):
+            return _normalize_backward(gy[a:b], xhat[a:b], rstd[a:b], wdata, axes, need,
+                                       None if weight is None else weight.shape,
+                                       None if bias is None else bias.shape,
+                                       None if gx is None else gx[a:b])
+        if type(gy) is np.ndarray and 0 not in axes and gy.ndim > 1:
+            parts = split_batch(run, gy.shape[0], gy.size)     # per-sample statistics: ranges on threads
+        else:
+            parts = [run(0, gy.shape[0])]
+        gw, gb = parts[0]
+        for p in parts[1:]:                                       # the parameters' partial sums
+            gw = None if gw is None else gw + p[0]
+            gb = None if gb is None else gb + p[1]
+        out = (None if gx is None else Tensor(gx),)
+        out += (None if gw is None else Tensor(gw),) if self.has_weight else ()
+        out += (None if gb is None else Tensor(gb),) if self.has_bias else ()
+        return out
+
+
+def _normalize_into(x, axes, eps, weight, bias, xhat, y):
+    """xhat = (x - mean) * rstd and y = weight * xhat + bias into the given arrays; returns
+    (mean, var, rstd).  y may be xhat itself (no weight, no bias)."""
+    xp = backend.xp_of(x)
+    mean = _pooled_mean(x, axes)
+    xp.subtract(x, mean, out=xhat)
+    # Two passes (subtract the mean, then average the squares): E[x^2] - E[x]^2
+    # would cancel catastrophically when |mean| >> std.
+    var = _pooled_mean(xhat, axes, xhat)
+    rstd = 1 / xp.sqrt(var + x.dtype.type(eps))
+    xhat *= rstd
+    if weight is not None:
+        xp.multiply(xhat, weight, out=y)
+        if bias is not None:
+            y += bias
+    elif bias is not None:
+        xp.add(xhat, bias, out=y)
+    return mean, var, rstd
+
+
+def _normalize_backward(gy, xhat, rstd, weight, axes, need, w_shape, b_shape, gx):
+    """Normalize's backward on arrays for one batch range: gx written into ``gx`` (when need[0]),
+    returns (dweight, dbias), None where not needed.
+
+    gx = g - mean(g) - xhat * mean(g * xhat) with g = rstd * weight * gy, built in place
+    (3 full passes); dweight and dbias are sums over the broadcast axes, as dot products."""
+    xp = backend.xp_of(gy)
+    gw = gb = None
+    if need[0]:
+        g = xp.multiply(gy, rstd if weight is None else rstd * weight, out=gx)
+        m1, m2 = _pooled_mean(g, axes), _pooled_mean(g, axes, xhat)
+        t = xhat * m2
+        t += m1
+        g -= t
+    if need[1]:
+        gw = _sum_over_broadcast(gy, xhat, w_shape)
+    if need[2]:
+        gb = _sum_over_broadcast(gy, None, b_shape)
+    return gw, gb
 
 
 def _sum_over_broadcast(a, b, shape):
