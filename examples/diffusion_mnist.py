@@ -31,9 +31,11 @@ import os
 import shutil
 import time
 
+# minigen before NumPy: importing it first limits OpenBLAS's idle spin so the convolutions can use
+# both cores (minigen/backend.py, minigen/functional/parallel.py)
+from minigen import backend
 import numpy as np
 
-from minigen import backend
 from minigen.autograd import Tensor, no_grad
 from minigen.checkpoint import atomic_write_text, load_tree
 from minigen.evaluate import evaluate_run, restore_run, sample_metrics

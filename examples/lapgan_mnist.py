@@ -28,9 +28,11 @@ import argparse
 import os
 import time
 
+# minigen before NumPy: importing it first limits OpenBLAS's idle spin so the convolutions can use
+# both cores (minigen/backend.py, minigen/functional/parallel.py)
+from minigen import backend
 import numpy as np
 
-from minigen import backend
 from minigen.autograd import Tensor, no_grad
 from minigen.evaluate import evaluate_run, restore_run
 from minigen.families.lapgan import ConditionalLAPGANRecipe, LAPGANRecipe

@@ -42,9 +42,11 @@ import json
 import os
 import time
 
+# minigen before NumPy: importing it first limits OpenBLAS's idle spin so the convolutions can use
+# both cores (minigen/backend.py, minigen/functional/parallel.py)
+from minigen import backend
 import numpy as np
 
-from minigen import backend
 from minigen.evaluate import restore_run, sample_metrics
 from minigen.models.gmm import GaussianMixture
 from minigen.models.ldm import prior_hole

@@ -31,9 +31,11 @@ import os
 import shutil
 import time
 
+# minigen before NumPy: importing it first limits OpenBLAS's idle spin so the convolutions can use
+# both cores (minigen/backend.py, minigen/functional/parallel.py)
+from minigen import backend
 import numpy as np
 
-from minigen import backend
 from minigen.evaluate import evaluate_run, load_trained
 from minigen.families import get_family, make_config
 from minigen.models.progan import growth_stage, phase_boundaries

@@ -33,9 +33,11 @@ import argparse
 import json
 import os
 
+# minigen before NumPy: importing it first limits OpenBLAS's idle spin so the convolutions can use
+# both cores (minigen/backend.py, minigen/functional/parallel.py)
+import minigen as mg
 import numpy as np
 
-import minigen as mg
 from minigen.autograd import no_grad
 from minigen.evaluate import evaluate_run, restore_run
 from minigen.models import stylegan as sg

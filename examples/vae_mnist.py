@@ -29,9 +29,11 @@ import argparse
 import os
 import time
 
+# minigen before NumPy: importing it first limits OpenBLAS's idle spin so the convolutions can use
+# both cores (minigen/backend.py, minigen/functional/parallel.py)
+from minigen.checkpoint import load_tree
 import numpy as np
 
-from minigen.checkpoint import load_tree
 from minigen.evaluate import evaluate_run, format_results
 from minigen.models.vae import latent_manifold
 from minigen.train import build, read_run_config, train
