@@ -247,3 +247,33 @@ def test_norm_plain_backward_is_the_path_taken(monkeypatch):
     x = mg.tensor(np.random.default_rng(0).standard_normal((2, 4, 3)), requires_grad=True)
     F.group_norm(x, 2).sum().backward()
     assert taken == [1] and x.grad is not None
+
+
+# ----------------------------------------------------------------------------
+# nearest upsampling's adjoint as slice adds (minigen/functional/conv.py: _block_sum)
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("vh, vw", [(1, 1), (2, 2), (1, 3), (3, 1), (2, 3), (4, 2)])
+def test_block_sum_equals_the_reshape_sum(vh, vw):
+    from minigen.functional import conv
+    x = np.random.default_rng(7).standard_normal((2, 3, 4 * vh, 5 * vw))
+    fast, ref = conv._block_sum(x, vh, vw), conv._block_sum_reference(x, vh, vw)
+    assert fast.shape == ref.shape == (2, 3, 4, 5) and fast is not x
+    np.testing.assert_allclose(fast, ref, rtol=1e-13, atol=1e-13)
+    y = x.astype(np.float32)
+    assert conv._block_sum(y, vh, vw).dtype == np.float32
+
+
+@pytest.mark.parametrize("slope", [0.2, 0.0, -0.5, 1.5])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_leaky_relu_plain_backward_equals_the_recorded_mask(slope, dtype):
+    x64 = np.random.default_rng(8).standard_normal((5, 7)).astype(dtype)
+    x64[0, :3] = 0.0                                              # the kink: slope side, as the mask
+    gy = mg.tensor(np.random.default_rng(9).standard_normal((5, 7)).astype(dtype))
+    x = mg.tensor(x64, requires_grad=True)
+    (fast,) = mg.grad(F.leaky_relu(x, slope), [x], grad_outputs=gy)
+    x = mg.tensor(x64, requires_grad=True)
+    gy = mg.tensor(gy.numpy(), requires_grad=True)          # so the recorded gradient is a graph node
+    (recorded,) = mg.grad(F.leaky_relu(x, slope), [x], grad_outputs=gy, create_graph=True)
+    assert recorded.requires_grad and not fast.requires_grad and fast.dtype == dtype
+    np.testing.assert_array_equal(fast.numpy(), recorded.numpy())

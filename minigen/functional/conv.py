@@ -899,13 +899,32 @@ def _apply_axis(x, plan, axis, adjoint):
     return xp.matmul(A, x)
 
 
+def _block_sum_reference(x, vh, vw):
+    """The sum of each vh x vw block of x (N, C, H, W): the adjoint of nearest upsampling."""
+    N, C, H, W = x.shape
+    return x.reshape(N, C, H // vh, vh, W // vw, vw).sum(axis=(3, 5))
+
+
+# buys: strided slice adds with contiguous inner runs instead of one reduction over two strided
+# axes (W3's 2x2 adjoint on (64, 64, 28, 28): 1.5 ms against 20.7 ms)
+def _block_sum(x, vh, vw):
+    """_block_sum_reference as vh - 1 adds of row slices, then vw - 1 adds of column slices."""
+    t = x[:, :, 0::vh] + x[:, :, 1::vh] if vh > 1 else x
+    for i in range(2, vh):
+        t += x[:, :, i::vh]
+    out = t[..., 0::vw] + t[..., 1::vw] if vw > 1 else t.copy()
+    for j in range(2, vw):
+        out += t[..., j::vw]
+    return out
+
+
 def _resample(x, plans, adjoint):
     xp = xp_of(x)
     (kh, vh), (kw, vw) = plans
     if kh == kw == "repeat":  # nearest by integer factors: one broadcast copy / one block sum
         N, C, H, W = x.shape
         if adjoint:
-            return x.reshape(N, C, H // vh, vh, W // vw, vw).sum(axis=(3, 5))
+            return _block_sum(x, vh, vw)
         big = xp.broadcast_to(x[:, :, :, None, :, None], (N, C, H, vh, W, vw))
         return big.reshape(N, C, H * vh, W * vw)
     if adjoint:
