@@ -279,9 +279,8 @@ def _chunks(x, pads, kh, kw, stride, dilation, out_hw, chunk_bytes=None):
         yield n0, n, cols.reshape(n, Q, K)
 
 
-def _conv_nhwc_into(x, pads, wm, kh, kw, stride, dilation, out_hw, bias=None):
-    """y (N, F, OH, OW) = conv of x (NCHW, zero padded by ``pads``) with wm (F, K), K ordered (kh, kw, C),
-    plus ``bias`` (F,) if given.
+def _conv_nhwc_into(x, pads, wm, kh, kw, stride, dilation, out_hw):
+    """y (N, F, OH, OW) = conv of x (NCHW, zero padded by ``pads``) with wm (F, K), K ordered (kh, kw, C).
 
     The batch is split over ``split_batch``'s threads; each range runs its own chunks."""
     N = x.shape[0]
@@ -295,8 +294,6 @@ def _conv_nhwc_into(x, pads, wm, kh, kw, stride, dilation, out_hw, bias=None):
             if rows is None:
                 rows = np.empty((n * Q, F), dtype=y.dtype)      # one product per chunk, channels-last rows
             np.matmul(cols.reshape(n * Q, -1), wm.T, out=rows[:n * Q])
-            if bias is not None:
-                rows[:n * Q] += bias                             # while the chunk's rows are in cache
             y[a + n0:a + n0 + n] = rows[:n * Q].reshape(n, Q, F).transpose(0, 2, 1)   # a cache-sized transpose
     split_batch(run, N, N * Q * wm.shape[1])
     return y.reshape((N, F) + tuple(out_hw))
@@ -308,7 +305,9 @@ def _conv_forward_chunked(x, w, b, geo, out_hw):
     F, C, kh, kw = w.shape
     (ph, pw) = geo.padding
     wm = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(F, kh * kw * C)   # (F, K) rows (kh, kw, C)
-    y = _conv_nhwc_into(x, (ph, ph, pw, pw), wm, kh, kw, geo.stride, geo.dilation, out_hw, b)
+    y = _conv_nhwc_into(x, (ph, ph, pw, pw), wm, kh, kw, geo.stride, geo.dilation, out_hw)
+    if b is not None:
+        y += b.reshape(1, F, 1, 1)
     fast_calls["forward"] += 1
     return y
 
@@ -410,13 +409,9 @@ def _conv1x1_forward(x, w, b):
     """y = W (F, C) @ x as (C, N*H*W): conv2d with a 1x1 kernel, stride 1, no padding."""
     wm = w.reshape(w.shape[0], -1)
     y = np.empty((x.shape[0], wm.shape[0]) + x.shape[2:], dtype=np.result_type(x, w))
-
-    def run(lo, hi):
-        y2 = wm @ _channels_first(x[lo:hi])                     # (F, n*H*W)
-        if b is not None:
-            y2 += b.reshape(-1, 1)
-        _batch_first_into(y[lo:hi], y2)
-    split_batch(run, x.shape[0], x.size)
+    split_batch(lambda a, b_: _batch_first_into(y[a:b_], wm @ _channels_first(x[a:b_])), x.shape[0], x.size)
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
     fast_calls["conv1x1"] += 1
     return y
 
@@ -509,27 +504,8 @@ class Conv2d(Function):
               if w.requires_grad else None)
         if len(self.inputs) == 2:
             return gx, gw
-        gb = None
-        if self.inputs[2].requires_grad:
-            gb = Tensor(_bias_grad(gy.data)) if _plain_numpy(gy) else gy.sum((0, 2, 3))
+        gb = gy.sum((0, 2, 3)) if self.inputs[2].requires_grad else None
         return gx, gw, gb
-
-
-def _plain_numpy(gy):
-    return FAST_KERNELS and not is_grad_enabled() and type(gy.data) is np.ndarray
-
-
-# buys: the sum over (N, H, W) as contiguous row sums per batch range on the split's threads
-# (NumPy's reduction over axes (0, 2, 3) of an NCHW array is single-threaded and strided)
-def _bias_grad(gy):
-    """gb (F,) = sum of gy (N, F, H, W) over N, H and W, for a plain backward on NumPy arrays."""
-    N, F = gy.shape[:2]
-    g3 = gy.reshape(N, F, -1)
-    parts = split_batch(lambda a, b: g3[a:b].sum(axis=2).sum(axis=0), N, gy.size)
-    gb = parts[0]
-    for part in parts[1:]:
-        gb += part
-    return gb
 
 
 class ConvTranspose2d(Function):
@@ -559,9 +535,7 @@ class ConvTranspose2d(Function):
         gw = Conv2dWeightGrad(self.geo, w.shape)(gy, x) if w.requires_grad else None
         if len(self.inputs) == 2:
             return gx, gw
-        gb = None
-        if self.inputs[2].requires_grad:
-            gb = Tensor(_bias_grad(gy.data)) if _plain_numpy(gy) else gy.sum((0, 2, 3))
+        gb = gy.sum((0, 2, 3)) if self.inputs[2].requires_grad else None
         return gx, gw, gb
 
 

@@ -475,20 +475,10 @@ class LeakyReLU(Function):
 
     def backward(self, gy):
         x = self.inputs[0].data
-        if not is_grad_enabled() and gy.shape == x.shape and x.ndim > 0:
-            return Tensor(_leaky_slope_times(gy.data, x, self.slope))   # plain backward: on arrays
         mask = (x > 0).astype(x.dtype)
         mask *= 1.0 - self.slope
         mask += self.slope  # 1 where x > 0, negative_slope elsewhere
         return gy * _const(mask)
-
-
-# buys: 3 passes instead of the mask's 4 and the product's 1 (W2's LeakyReLU backward 7.3 ms a step)
-def _leaky_slope_times(g, x, slope):
-    """gy * (1 where x > 0, else slope), as a gy * slope copy overwritten by gy where x > 0."""
-    out = g * slope
-    xp_of(g).copyto(out, g, where=x > 0)
-    return out
 
 
 def leaky_relu(x, negative_slope=0.01):
