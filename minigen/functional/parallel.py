@@ -37,7 +37,7 @@ MIN_SPLIT_SIZE = 1 << 18   # below this much work (elements of the caller's choo
 
 
 def _openblas():
-    """NumPy's OpenBLAS as a ctypes library when it has per-thread thread counts, else None."""
+    """NumPy's OpenBLAS as a ctypes library when it has ``openblas_set_num_threads_local``, else None."""
     import numpy as np
     paths = []
     try:
