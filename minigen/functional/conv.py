@@ -70,7 +70,7 @@ import numpy as np
 from ..autograd import Function, Tensor, check_floating, is_grad_enabled
 from .. import backend
 from ..backend import xp_of
-from .parallel import split_batch
+from .parallel import split_batch, sum_parts
 from .shape import GetItemGrad, reshape
 
 __all__ = ["conv2d", "conv_transpose2d", "avg_pool2d", "max_pool2d", "interpolate"]
@@ -383,10 +383,7 @@ def _conv_weight_grad_chunked(x, gy, geo, w_shape):
             g = gyq[a + n0:a + n0 + n].transpose(1, 0, 2).reshape(F, n * Q)    # a small copy (one chunk of gy)
             gw += g @ cols.reshape(n * Q, -1)
         return gw
-    parts = split_batch(run, N, N * Q * kh * kw * C)
-    gw = parts[0]
-    for part in parts[1:]:
-        gw += part
+    gw = sum_parts(split_batch(run, N, N * Q * kh * kw * C))
     fast_calls["weight_grad"] += 1
     return np.ascontiguousarray(gw.reshape(F, kh, kw, C).transpose(0, 3, 1, 2))
 
@@ -427,10 +424,8 @@ def _conv1x1_input_grad(gy, w):
 
 def _conv1x1_weight_grad(x, gy):
     """gW (F, C) = gy as (F, N*H*W) @ (x as (C, N*H*W))^T, summed over the batch ranges."""
-    parts = split_batch(lambda a, b: _channels_first(gy[a:b]) @ _channels_first(x[a:b]).T, x.shape[0], x.size)
-    gw = parts[0]
-    for part in parts[1:]:
-        gw += part
+    gw = sum_parts(split_batch(lambda a, b: _channels_first(gy[a:b]) @ _channels_first(x[a:b]).T,
+                               x.shape[0], x.size))
     fast_calls["conv1x1"] += 1
     return gw.reshape(gy.shape[1], x.shape[1], 1, 1)
 

@@ -32,7 +32,7 @@ import numpy as np
 from ..autograd import Function, Tensor, is_grad_enabled, no_grad
 from .. import backend
 from .math import mean, sqrt
-from .parallel import split_batch
+from .parallel import split_batch, sum_parts
 from .shape import reshape
 
 __all__ = ["batch_norm", "group_norm", "layer_norm"]
@@ -62,21 +62,14 @@ class Normalize(Function):
         self.has_weight, self.has_bias = has_weight, has_bias
 
     def forward(self, x, *params):
+        xp = backend.xp_of(x)
         weight = params[0] if self.has_weight else None
         bias = params[-1] if self.has_bias else None
-        if type(x) is np.ndarray and 0 not in self.axes and x.ndim > 1:
-            # per-sample statistics (group and layer norm): each batch range on its own thread
-            xhat = np.empty_like(x)
-            y = xhat if weight is None and bias is None else np.empty(x.shape, np.result_type(x, *params))
-            stats = split_batch(lambda a, b: _normalize_into(x[a:b], self.axes, self.eps, weight, bias,
-                                                             xhat[a:b], y[a:b]), x.shape[0], x.size)
-            self.mean, self.var, self.rstd = (np.concatenate(s) if len(stats) > 1 else s[0]
-                                              for s in zip(*stats))
-        else:
-            xp = backend.xp_of(x)
-            xhat = xp.empty_like(x)
-            y = xhat if weight is None and bias is None else xp.empty(x.shape, xp.result_type(x, *params))
-            self.mean, self.var, self.rstd = _normalize_into(x, self.axes, self.eps, weight, bias, xhat, y)
+        xhat = xp.empty_like(x)
+        y = xhat if weight is None and bias is None else xp.empty(x.shape, xp.result_type(x, *params))
+        stats = _over_batch(lambda a, b: _normalize_into(x[a:b], self.axes, self.eps, weight, bias,
+                                                         xhat[a:b], y[a:b]), x, self.axes)
+        self.mean, self.var, self.rstd = (xp.concatenate(s) if len(stats) > 1 else s[0] for s in zip(*stats))
         self.xhat = xhat
         return y
 
@@ -113,7 +106,7 @@ class Normalize(Function):
         return (gx,) + ((gw,) if self.has_weight else ()) + ((gb,) if self.has_bias else ())
 
     # buys: the formula above on arrays in place (3 full passes for gx, none for dweight and
-    # dbias, which come out summed by BLAS dots): about 2.5x faster than the ops for W3's group norms
+    # dbias, which come out summed by BLAS dots): W3's step ~650 -> ~630 ms (benchmarks/README.md)
     def _backward_arrays(self, gy):
         """The plain backward (not recorded): the same gradients on arrays, wrapped as constants."""
         x = self.inputs[0]
@@ -133,18 +126,20 @@ class Normalize(Function):
                                        None if weight is None else weight.shape,
                                        None if bias is None else bias.shape,
                                        None if gx is None else gx[a:b])
-        if type(gy) is np.ndarray and 0 not in axes and gy.ndim > 1:
-            parts = split_batch(run, gy.shape[0], gy.size)     # per-sample statistics: ranges on threads
-        else:
-            parts = [run(0, gy.shape[0])]
-        gw, gb = parts[0]
-        for p in parts[1:]:                                       # the parameters' partial sums
-            gw = None if gw is None else gw + p[0]
-            gb = None if gb is None else gb + p[1]
+        parts = _over_batch(run, gy, axes)
+        gw, gb = (sum_parts(list(p)) for p in zip(*parts))      # the parameters' partial sums
         out = (None if gx is None else Tensor(gx),)
         out += (None if gw is None else Tensor(gw),) if self.has_weight else ()
         out += (None if gb is None else Tensor(gb),) if self.has_bias else ()
         return out
+
+
+def _over_batch(run, a, axes):
+    """[run(lo, hi) for batch ranges of a]: one range per thread (``split_batch``) when the
+    statistics are per sample (axis 0 not pooled) and a is a NumPy array, else [run(0, N)]."""
+    if type(a) is np.ndarray and 0 not in axes and a.ndim > 1:
+        return split_batch(run, a.shape[0], a.size)
+    return [run(0, a.shape[0])]
 
 
 def _normalize_into(x, axes, eps, weight, bias, xhat, y):
@@ -201,8 +196,7 @@ def _sum_over_broadcast(a, b, shape):
     count = 1
     for i in axes:
         count *= a.shape[i]
-    lead = len(shape) < nd and all(i in axes for i in range(nd - len(shape)))
-    if lead and axes == tuple(range(nd - len(shape))):     # layer norm: sum over leading rows
+    if len(shape) < nd and axes == tuple(range(nd - len(shape))):   # layer norm: sum over leading rows
         a2 = a.reshape(count, -1)
         if b is None:
             return a2.sum(0).reshape(shape)

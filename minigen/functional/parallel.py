@@ -29,7 +29,7 @@ import ctypes
 import glob
 import os
 
-__all__ = ["batch_threads", "split_batch"]
+__all__ = ["batch_threads", "split_batch", "sum_parts"]
 
 _state = None     # (pid, workers, ThreadPoolExecutor or None, OpenBLAS library): a forked child sets up its own
 split_calls = 0   # batches that ran on more than one thread (tests look at it)
@@ -120,3 +120,13 @@ def split_batch(fn, n: int, size: int) -> list:
     finally:
         if lib is not None:
             lib.openblas_set_num_threads_local(previous)
+
+
+def sum_parts(parts):
+    """The sum of ``split_batch``'s per-range partial sums (arrays, or None when nothing was
+    summed), added into the first."""
+    total = parts[0]
+    for part in parts[1:]:
+        if total is not None:
+            total += part
+    return total
