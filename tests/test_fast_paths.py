@@ -192,8 +192,12 @@ def test_linear_plain_backward_on_arrays_equals_the_recorded_ops(monkeypatch, x_
     assert matmuls == []                              # the array path: no matmul op was recorded or run
     recorded, inputs = grads(True)
     assert matmuls and recorded[0].requires_grad      # the ops path, differentiable again
-    for a, b in zip(fast, recorded):
+    for a, b in zip(fast[:2], recorded[:2]):         # the same BLAS products
         assert not a.requires_grad and np.array_equal(a.numpy(), b.numpy())
+    if bias:                                          # a row of ones times gy, against the recorded sum
+        assert not fast[2].requires_grad
+        np.testing.assert_allclose(fast[2].numpy(), recorded[2].numpy(), rtol=1e-13)
+        np.testing.assert_allclose(fast[2].numpy(), gy64.reshape(-1, 6).sum(0), rtol=1e-13)
     np.testing.assert_allclose(fast[0].numpy(), (gy64 @ w64).reshape(x_shape), rtol=1e-13)
     np.testing.assert_allclose(fast[1].numpy(), gy64.reshape(-1, 6).T @ x64.reshape(-1, 4), rtol=1e-13)
     # double backward through the recorded gradient of x: d/dW <gx, 1> = sum_rows gy^T ...
@@ -263,3 +267,20 @@ def test_block_sum_equals_the_reshape_sum(vh, vw):
     y = x.astype(np.float32)
     assert conv._block_sum(y, vh, vw).dtype == np.float32
 
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_conv_bias_gradient_by_products_equals_the_sum(transpose):
+    # the plain backward sums gy over (N, OH, OW) as two matrix-vector products
+    rng = np.random.default_rng(5)
+    x = mg.tensor(rng.standard_normal((3, 4, 6, 5)), requires_grad=True)
+    w = mg.tensor(rng.standard_normal((4, 4, 3, 3) if transpose else (2, 4, 3, 3)), requires_grad=True)
+    b = mg.tensor(rng.standard_normal(4 if transpose else 2), requires_grad=True)
+    op = F.conv_transpose2d if transpose else F.conv2d
+    y = op(x, w, b, padding=1)
+    gy = rng.standard_normal(y.shape)
+    fast = mg.grad(y, [b], grad_outputs=mg.tensor(gy), retain_graph=True)[0]
+    recorded = mg.grad(y, [b], grad_outputs=mg.tensor(gy), create_graph=True)[0]
+    assert not fast.requires_grad
+    np.testing.assert_allclose(fast.numpy(), gy.sum((0, 2, 3)), rtol=1e-13)
+    np.testing.assert_allclose(recorded.numpy(), gy.sum((0, 2, 3)), rtol=1e-13)

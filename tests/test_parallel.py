@@ -158,3 +158,29 @@ def test_norms_split_over_two_threads_equal_one_thread(kind, monkeypatch):
     assert par.split_calls >= calls + 2                 # forward and backward
     for a, b in zip(split, serial):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
+
+
+def _attention_and_grads(masked):
+    gen = np.random.default_rng(3)
+    q, k, v = (mg.tensor(gen.standard_normal((4, 3, 5, 6)), requires_grad=True) for _ in range(3))
+    inputs = [q, k, v]
+    if masked:      # a float mask of the scores' full shape, with a gradient of its own
+        inputs.append(mg.tensor(gen.standard_normal((4, 3, 5, 5)), requires_grad=True))
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs[3] if masked else None)
+    grads = mg.grad(y, inputs, grad_outputs=mg.tensor(gen.standard_normal(y.shape)))
+    return [y.numpy()] + [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_split_over_two_threads_equals_one_thread(masked, monkeypatch):
+    monkeypatch.setattr(par, "_state", (os.getpid(), 1, None, None))
+    serial = _attention_and_grads(masked)
+    pool = ThreadPoolExecutor(2)
+    monkeypatch.setattr(par, "_state", (os.getpid(), 2, pool, None))
+    monkeypatch.setattr(par, "MIN_SPLIT_SIZE", 0)
+    calls = par.split_calls
+    split = _attention_and_grads(masked)
+    pool.shutdown()
+    assert par.split_calls == calls + 2                 # the forward and the backward
+    for a, b in zip(split, serial):
+        np.testing.assert_array_equal(a, b)             # no sum over the batch: the same numbers

@@ -70,6 +70,7 @@ import numpy as np
 from ..autograd import Function, Tensor, check_floating, is_grad_enabled
 from .. import backend
 from ..backend import xp_of
+from .linalg import sum_rows
 from .parallel import split_batch, sum_parts
 from .shape import GetItemGrad, reshape
 
@@ -465,6 +466,18 @@ def _weight_grad(x, gy, geo, w_shape, cols=None, rows=None):
     return _conv_weight_grad(x, gy, geo, w_shape, cols, rows)
 
 
+def _bias_grad(gy):
+    """gb = sum of gy (N, F, OH, OW) over (N, OH, OW)."""
+    if is_grad_enabled() or not gy.data.flags.c_contiguous:
+        return gy.sum((0, 2, 3))
+    # buys: two BLAS matrix-vector products, not NumPy's reduction over three axes
+    # ((64, 64, 28, 28): 0.65 -> 0.26 ms)
+    N, F = gy.shape[:2]
+    g = gy.data.reshape(N * F, -1)
+    per_image = g @ backend.xp_of(g).ones(g.shape[1], dtype=g.dtype)      # (N*F,): sums over (OH, OW)
+    return Tensor(sum_rows(per_image.reshape(N, F)))
+
+
 # ----------------------------------------------------------------------------
 # the three Functions
 # ----------------------------------------------------------------------------
@@ -499,7 +512,7 @@ class Conv2d(Function):
               if w.requires_grad else None)
         if len(self.inputs) == 2:
             return gx, gw
-        gb = gy.sum((0, 2, 3)) if self.inputs[2].requires_grad else None
+        gb = _bias_grad(gy) if self.inputs[2].requires_grad else None
         return gx, gw, gb
 
 
@@ -530,7 +543,7 @@ class ConvTranspose2d(Function):
         gw = Conv2dWeightGrad(self.geo, w.shape)(gy, x) if w.requires_grad else None
         if len(self.inputs) == 2:
             return gx, gw
-        gb = gy.sum((0, 2, 3)) if self.inputs[2].requires_grad else None
+        gb = _bias_grad(gy) if self.inputs[2].requires_grad else None
         return gx, gw, gb
 
 
