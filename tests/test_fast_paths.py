@@ -268,6 +268,26 @@ def test_block_sum_equals_the_reshape_sum(vh, vw):
     assert conv._block_sum(y, vh, vw).dtype == np.float32
 
 
+@pytest.mark.parametrize("vh, vw", [(1, 1), (2, 2), (1, 3), (3, 1), (2, 3)])
+@pytest.mark.parametrize("split", [False, True])
+def test_upsample_equals_the_broadcast_copy(vh, vw, split, monkeypatch):
+    # nearest upsampling as np.repeat plus row copies, whole or split over two threads
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    from minigen.functional import conv, parallel
+    pool = ThreadPoolExecutor(2) if split else None
+    monkeypatch.setattr(parallel, "_state", (os.getpid(), 2 if split else 1, pool, None))
+    monkeypatch.setattr(parallel, "MIN_SPLIT_SIZE", 0)
+    calls = parallel.split_calls
+    x = np.random.default_rng(8).standard_normal((3, 2, 4, 5)).astype(np.float32)
+    fast, ref = conv._upsample(x, vh, vw), conv._upsample_reference(x, vh, vw)
+    assert parallel.split_calls == calls + split
+    assert fast.shape == ref.shape == (3, 2, 4 * vh, 5 * vw) and fast.dtype == np.float32
+    np.testing.assert_array_equal(fast, ref)
+    if pool is not None:
+        pool.shutdown()
+
+
 
 @pytest.mark.parametrize("transpose", [False, True])
 def test_conv_bias_gradient_by_products_equals_the_sum(transpose):

@@ -900,15 +900,36 @@ def _block_sum(x, vh, vw):
     return out
 
 
+def _upsample_reference(x, vh, vw):
+    """Nearest upsampling of x (N, C, H, W) by integer factors: each pixel becomes a vh x vw block."""
+    N, C, H, W = x.shape
+    big = xp_of(x).broadcast_to(x[:, :, :, None, :, None], (N, C, H, vh, W, vw))
+    return big.reshape(N, C, H * vh, W * vw)     # one copy, whose innermost run is vw entries long
+
+
+# buys: each entry repeated along W once, then whole rows copied; the batch split over threads
+# ((256, 64, 14, 14) x2, W6's largest: 21.2 -> 12.7 ms on two threads, 25.5 -> 16.1 on one)
+def _upsample(x, vh, vw):
+    """_upsample_reference as np.repeat along W into each of the vh rows of every block."""
+    if type(x) is not np.ndarray:
+        return _upsample_reference(x, vh, vw)
+    N, C, H, W = x.shape
+    out = np.empty((N, C, H, vh, W * vw), dtype=x.dtype)
+
+    def run(a, b):
+        wide = np.repeat(x[a:b], vw, axis=3) if vw > 1 else x[a:b]      # (n, C, H, W*vw)
+        for i in range(vh):
+            out[a:b, :, :, i] = wide
+    split_batch(run, N, out.size)
+    return out.reshape(N, C, H * vh, W * vw)
+
+
 def _resample(x, plans, adjoint):
-    xp = xp_of(x)
     (kh, vh), (kw, vw) = plans
-    if kh == kw == "repeat":  # nearest by integer factors: one broadcast copy / one block sum
-        N, C, H, W = x.shape
+    if kh == kw == "repeat":  # nearest by integer factors: one block copy / one block sum
         if adjoint:
             return _block_sum(x, vh, vw)
-        big = xp.broadcast_to(x[:, :, :, None, :, None], (N, C, H, vh, W, vw))
-        return big.reshape(N, C, H * vh, W * vw)
+        return _upsample(x, vh, vw)
     if adjoint:
         return _apply_axis(_apply_axis(x, plans[1], 3, True), plans[0], 2, True)
     return _apply_axis(_apply_axis(x, plans[0], 2, False), plans[1], 3, False)
