@@ -16,6 +16,9 @@
     --profile N       no timing: cProfile the minigen step and print the top N functions
     --memory          also run each engine alone in a fresh process and report its peak
                       resident memory (minigen_peak_rss_mb, torch_peak_rss_mb, ...)
+    --floor           no timing of the step: record the matrix products of one minigen step,
+                      time them alone (NumPy and PyTorch) and set them beside the twin's
+                      whole step (benchmarks/floor.py)
 
 Timing mode prints one JSON line per (workload, variant) on stdout; check mode one
 line per workload; everything else (versions, notes, profiles) goes to stderr.
@@ -86,6 +89,8 @@ def parse_args(argv=None):
     ap.add_argument("--memory", action="store_true",
                     help="also measure each engine's peak resident memory alone, in a fresh process per engine")
     ap.add_argument("--memory-engine", default=None, help=argparse.SUPPRESS)  # the child of --memory
+    ap.add_argument("--floor", action="store_true",
+                    help="time one step's matrix products alone against the twin's whole step, no timing")
     args = ap.parse_args(argv)
     names = [n.strip().upper() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
@@ -329,4 +334,7 @@ def main(argv=None) -> int:
         return run_profile(args, settings)
     if args.check:
         return run_check(args, settings, twins, torch_device)
+    if args.floor:
+        from .floor import run_floor
+        return run_floor(args.names, settings, twins, torch_device, workload_module, measure, settings_for)
     return run_timing(args, settings, twins, torch_device)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,3 +173,65 @@ def test_memory_runs_each_engine_in_its_own_process():
     if _has_torch():
         # PyTorch's libraries alone outweigh minigen's whole process
         assert rec["torch_peak_rss_mb"] > rec["minigen_peak_rss_mb"] and rec["torch_step_rss_mb"] >= 0
+
+
+def test_floor_records_the_im2col_products_of_a_conv_step():
+    # W4 shrunk: x (2, 64, 14, 14), w (128, 64, 3, 3), stride 1, padding 1
+    from benchmarks import floor, w4_conv
+    case = w4_conv.build(Settings(quick=True))
+    with floor.recording() as products:
+        case.engines["minigen-fwd+bwd"]()
+    rows = 2 * 14 * 14
+    assert dict(products) == {floor.Product(1, rows, 64 * 9, 128): 1,     # forward
+                              floor.Product(1, rows, 128 * 9, 64): 1,     # input gradient (gather form)
+                              floor.Product(1, 128, rows, 64 * 9): 1}     # weight gradient
+    flop = sum(2 * p.batch * p.m * p.k * p.n * c for p, c in products.items())
+    assert flop == case.rows[1].flop                  # the workload's own count of fwd+bwd FLOPs
+    from minigen.functional import conv
+    assert conv._forward.__name__ == "_forward"       # the hooks are gone after the block
+
+
+def test_floor_records_linear_and_attention_products():
+    from benchmarks import floor, w1_vae, w5_dit_block
+    case = w1_vae.build(Settings(quick=True))
+    with floor.recording() as products:
+        case.engines["minigen"]()
+    # 7 layers: 7 forward products, 7 weight gradients, 6 input gradients (x needs none)
+    assert sum(products.values()) == 20
+    assert floor.Product(1, 16, 784, 512) in products and floor.Product(1, 512, 16, 784) in products
+    case = w5_dit_block.build(Settings(quick=True))
+    with floor.recording() as products:
+        case.engines["minigen-sdpa"]()
+    heads = 2 * 4                                     # batch 2, 4 heads of 49 tokens x 32
+    assert products[floor.Product(heads, 49, 32, 49)] == 2           # Q K^T and dP = dY V^T
+    assert products[floor.Product(heads, 49, 49, 32)] == 4           # P V, dV, dQ, dK
+    assert sum(2 * p.batch * p.m * p.k * p.n * c for p, c in products.items()) == case.rows[0].flop
+
+
+def test_floor_command_line(capsys):
+    assert run.main(["--floor", "--quick", "--only", "W4"] + ([] if _has_torch() else ["--no-torch"])) == 0
+    recs = _json_lines(capsys.readouterr().out)
+    assert [(r["floor"], r["variant"]) for r in recs] == [("W4", "fwd"), ("W4", "fwd+bwd")]
+    for r in recs:
+        assert r["products"] == (1 if r["variant"] == "fwd" else 3) and r["numpy_products_ms"] > 0
+        if _has_torch():
+            assert r["floor_ratio"] == pytest.approx(r["numpy_products_ms"] / r["torch_step_ms"], rel=1e-3)
+
+
+@pytest.mark.parametrize("m, k, n", [(37, 5, 3), (4, 41, 6)])   # long rows; a long inner dimension
+def test_floor_chunked_split_product_is_the_product(m, k, n, monkeypatch):
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    from benchmarks import floor
+    from minigen.functional import parallel
+    pool = ThreadPoolExecutor(2)
+    monkeypatch.setattr(parallel, "_state", (os.getpid(), 2, pool, None))
+    monkeypatch.setattr(parallel, "MIN_SPLIT_SIZE", 0)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+    out = np.empty((m, n))
+    calls = parallel.split_calls
+    floor._chunked_split(a, b, out, chunk_bytes=64)    # chunks of a few rows / columns
+    pool.shutdown()
+    assert parallel.split_calls == calls + 1
+    np.testing.assert_allclose(out, a @ b, rtol=1e-12)
