@@ -304,3 +304,24 @@ def test_conv_bias_gradient_by_products_equals_the_sum(transpose):
     assert not fast.requires_grad
     np.testing.assert_allclose(fast.numpy(), gy.sum((0, 2, 3)), rtol=1e-13)
     np.testing.assert_allclose(recorded.numpy(), gy.sum((0, 2, 3)), rtol=1e-13)
+
+
+# ----------------------------------------------------------------------------
+# the norms' pooled means as BLAS products (minigen/functional/norm.py: _pooled_mean)
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape, axes", [
+    ((4, 3, 20), (2,)), ((4, 3, 20), (0, 2)),          # layer / group norm; batch norm, rows of 20
+    ((5, 7, 1), (0, 2)), ((3, 2, 4, 5), (2, 3)),       # batch norm 1d (rows of 1); group norm 4-d
+    ((3, 2, 4, 5), (0, 2, 3))])
+@pytest.mark.parametrize("with_b", [False, True])
+def test_pooled_mean_equals_numpy_mean(shape, axes, with_b):
+    from minigen.functional.norm import _pooled_mean
+    rng = np.random.default_rng(9)
+    a, b = rng.standard_normal(shape), rng.standard_normal(shape)
+    ref = (a * b if with_b else a).mean(axis=axes, keepdims=True)
+    got = _pooled_mean(a, axes, b if with_b else None)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
+    recorded = _pooled_mean(mg.tensor(a), axes, mg.tensor(b) if with_b else None)   # the ops path
+    np.testing.assert_allclose(recorded.numpy(), ref, rtol=1e-12, atol=1e-14)

@@ -214,6 +214,9 @@ def _rowwise_dot_sum(a2, b2):
     return out
 
 
+_MIN_DOT = 16   # rows shorter than this: mean(a * b) through the product (batch norm 1d: K = 1)
+
+
 def _pooled_mean(a, axes, b=None):
     """mean(a * b) (or mean(a)) over ``axes``, kept as size-1 dims, for arrays and tensors alike.
 
@@ -240,21 +243,24 @@ def _pooled_mean(a, axes, b=None):
     trail = axes[lead:]
     keep = tuple(1 if i in axes else n for i, n in enumerate(shape))
     K = int(np.prod(shape[nd - len(trail):]))
-    R = a.size // K
+    R = a.size // K                            # rows, each summed (or dotted) over K entries
     xp = backend.xp_of(a.data if is_tensor else a)
 
     def const(array):
         return Tensor(array) if is_tensor else array
 
-    if b is not None and not lead:
-        s = a.reshape((R, 1, K)) @ b.reshape((R, K, 1))
-        return s.reshape(keep) * (1.0 / K) if is_tensor else s.reshape(keep) / a.dtype.type(K)
-    if b is not None:
-        a = a * b
-    s = a.reshape((R, K)) @ const(xp.full((K, 1), 1.0 / K, dtype=a.dtype)) if K > 1 else a  # (R, 1)
+    if b is not None and K < _MIN_DOT:         # short rows: one product pass beats many tiny dots
+        a, b = a * b, None
+    if b is not None:                          # per-row dot products, no full-size a * b
+        s = (a.reshape((R, 1, K)) @ b.reshape((R, K, 1))).reshape((R,))
+        s = s * (1.0 / K) if is_tensor else s / a.dtype.type(K)
+    elif K > 1:
+        s = (a.reshape((R, K)) @ const(xp.full((K, 1), 1.0 / K, dtype=a.dtype))).reshape((R,))
+    else:
+        s = a.reshape((R,))
     if lead:
         N = shape[0]
-        s = const(xp.full((1, N), 1.0 / N, dtype=a.dtype)) @ s.reshape((N, R // N))
+        s = const(xp.full((1, N), 1.0 / N, dtype=a.dtype)) @ s.reshape((N, -1))
     return s.reshape(keep)
 
 
