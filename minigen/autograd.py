@@ -474,11 +474,14 @@ class Function:
     ``self.inputs[i].requires_grad`` says which).  It may use ``self.inputs``
     (the input Tensors) and ``self.output(i)`` (the i-th output Tensor), and any
     arrays ``forward`` saved on ``self``.  It must be written with minigen ops so
-    that it can itself be differentiated.
+    that it can itself be differentiated.  ``self.recording`` (set before ``forward``)
+    says whether a graph is being recorded; when it is False, backward will never run
+    and ``forward`` need not save anything for it.
     """
 
     generation = 0
     inputs = ()
+    recording = True   # until __call__ says otherwise, a forward saves what backward needs
 
     def __call__(self, *inputs):
         xs = [x if isinstance(x, Tensor) else None for x in inputs]
@@ -490,6 +493,8 @@ class Function:
                   for x, v in zip(xs, inputs)]
         _check_inputs(self, xs)
 
+        # whether a graph is being recorded: when not, forward may skip saving what only backward needs
+        self.recording = _grad_enabled and any(x.requires_grad for x in xs)
         outputs = self.forward(*[x.data for x in xs])
         single = not isinstance(outputs, tuple)
         if single:
@@ -498,7 +503,7 @@ class Function:
         # reductions may hand back NumPy scalars: keep every output an array
         outs = [Tensor(y if type(y) is kind else backend.xp_of(ref.data).asarray(y)) for y in outputs]
 
-        if _grad_enabled and any(x.requires_grad for x in xs):
+        if self.recording:
             self.generation = max(x.generation for x in xs)
             self.inputs = xs
             self.outputs = [weakref.ref(o) for o in outs]

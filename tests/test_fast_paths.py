@@ -325,3 +325,35 @@ def test_pooled_mean_equals_numpy_mean(shape, axes, with_b):
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
     recorded = _pooled_mean(mg.tensor(a), axes, mg.tensor(b) if with_b else None)   # the ops path
     np.testing.assert_allclose(recorded.numpy(), ref, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["group", "batch", "layer", "group-no-affine"])
+def test_norm_forward_without_a_graph_keeps_nothing_and_gives_the_same_numbers(kind):
+    # under no_grad the norms with a small rstd * weight skip xhat: y = (x - mean) (rstd w) + b
+    from minigen.functional import norm
+    rng = np.random.default_rng(11)
+    x = mg.tensor(rng.standard_normal((4, 6, 5, 3)) * 3 + 1)
+    w, b = (mg.tensor(rng.standard_normal(6)) for _ in range(2))
+    if kind == "layer":
+        w, b = (mg.tensor(rng.standard_normal(3)) for _ in range(2))
+    made = []
+    original = norm.Normalize.forward
+    norm_fn = {"group": lambda: F.group_norm(x, 3, w, b), "batch": lambda: F.batch_norm(x, None, None, w, b, True),
+               "layer": lambda: F.layer_norm(x, 3, w, b), "group-no-affine": lambda: F.group_norm(x, 3)}[kind]
+
+    def spy(self, *arrays):
+        out = original(self, *arrays)
+        made.append(self)
+        return out
+    norm.Normalize.forward = spy
+    try:
+        with mg.no_grad():
+            fast = norm_fn().numpy()
+        x.requires_grad = True                     # now a graph is recorded: xhat is kept
+        kept = norm_fn().numpy()
+    finally:
+        norm.Normalize.forward = original
+    assert made[0].recording is False and made[1].recording is True
+    assert made[1].xhat is not None
+    assert (made[0].xhat is None) == (kind != "layer")   # layer norm's rstd * weight is full size
+    np.testing.assert_allclose(fast, kept, rtol=1e-12, atol=1e-12)

