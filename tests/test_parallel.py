@@ -64,6 +64,22 @@ def test_batch_threads_follows_the_environment(monkeypatch):
     monkeypatch.setattr(par, "_state", None)      # the next caller sets up afresh
 
 
+def _serial_and_split(compute, monkeypatch):
+    """(compute() on one thread, compute() split over two threads with no size threshold,
+    how many split_batch calls split)."""
+    monkeypatch.setattr(par, "_state", (os.getpid(), 1, None, None))
+    serial = compute()
+    pool = ThreadPoolExecutor(2)
+    monkeypatch.setattr(par, "_state", (os.getpid(), 2, pool, None))
+    monkeypatch.setattr(par, "MIN_SPLIT_SIZE", 0)
+    calls = par.split_calls
+    try:
+        split = compute()
+    finally:
+        pool.shutdown()
+    return serial, split, par.split_calls - calls
+
+
 CASES = [  # x shape, w shape, stride, padding: 3x3 gather, strided col2im, 1x1, uneven batch
     ((5, 3, 9, 8), (4, 3, 3, 3), 1, 1),
     ((4, 3, 9, 9), (6, 3, 4, 4), 2, 1),
@@ -85,15 +101,8 @@ def _conv_and_grads(xs, ws, stride, padding):
 
 @pytest.mark.parametrize("xs, ws, stride, padding", CASES)
 def test_conv_faces_split_over_two_threads_equal_one_thread(xs, ws, stride, padding, monkeypatch):
-    monkeypatch.setattr(par, "_state", (os.getpid(), 1, None, None))
-    serial = _conv_and_grads(xs, ws, stride, padding)
-    pool = ThreadPoolExecutor(2)
-    monkeypatch.setattr(par, "_state", (os.getpid(), 2, pool, None))
-    monkeypatch.setattr(par, "MIN_SPLIT_SIZE", 0)
-    calls = par.split_calls
-    split = _conv_and_grads(xs, ws, stride, padding)
-    pool.shutdown()
-    assert par.split_calls >= calls + 3                 # forward, input and weight gradient each split
+    serial, split, calls = _serial_and_split(lambda: _conv_and_grads(xs, ws, stride, padding), monkeypatch)
+    assert calls >= 3                                   # forward, input and weight gradient each split
     for a, b in zip(split, serial):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
 
@@ -147,15 +156,8 @@ def _norm_and_grads(kind):
 
 @pytest.mark.parametrize("kind", ["group", "layer"])
 def test_norms_split_over_two_threads_equal_one_thread(kind, monkeypatch):
-    monkeypatch.setattr(par, "_state", (os.getpid(), 1, None, None))
-    serial = _norm_and_grads(kind)
-    pool = ThreadPoolExecutor(2)
-    monkeypatch.setattr(par, "_state", (os.getpid(), 2, pool, None))
-    monkeypatch.setattr(par, "MIN_SPLIT_SIZE", 0)
-    calls = par.split_calls
-    split = _norm_and_grads(kind)
-    pool.shutdown()
-    assert par.split_calls >= calls + 2                 # forward and backward
+    serial, split, calls = _serial_and_split(lambda: _norm_and_grads(kind), monkeypatch)
+    assert calls >= 2                                   # forward and backward
     for a, b in zip(split, serial):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
 
@@ -173,14 +175,7 @@ def _attention_and_grads(masked):
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_attention_split_over_two_threads_equals_one_thread(masked, monkeypatch):
-    monkeypatch.setattr(par, "_state", (os.getpid(), 1, None, None))
-    serial = _attention_and_grads(masked)
-    pool = ThreadPoolExecutor(2)
-    monkeypatch.setattr(par, "_state", (os.getpid(), 2, pool, None))
-    monkeypatch.setattr(par, "MIN_SPLIT_SIZE", 0)
-    calls = par.split_calls
-    split = _attention_and_grads(masked)
-    pool.shutdown()
-    assert par.split_calls == calls + 2                 # the forward and the backward
+    serial, split, calls = _serial_and_split(lambda: _attention_and_grads(masked), monkeypatch)
+    assert calls == 2                                   # the forward and the backward
     for a, b in zip(split, serial):
         np.testing.assert_array_equal(a, b)             # no sum over the batch: the same numbers
