@@ -269,3 +269,14 @@ def test_errors_name_the_op_and_the_shapes():
         sdpa(q, k, v, attn_mask=mg.tensor(np.ones((4, 5), np.int64)))
     with pytest.raises(TypeError, match="different dtypes"):
         sdpa(q, k, v, attn_mask=mg.zeros(4, 5, dtype=np.float64))
+
+
+def test_leading_dims_of_value_and_mask_broadcast_against_the_scores():
+    # the scores and output take the broadcast of every leading dim, the value's and mask's included
+    rng = np.random.default_rng(12)
+    q, k, v = rng.standard_normal((2, 1, 4, 5)), rng.standard_normal((1, 1, 6, 5)), rng.standard_normal((1, 3, 6, 2))
+    mask = rng.standard_normal((2, 3, 4, 6))
+    y = sdpa(mg.tensor(q), mg.tensor(k), mg.tensor(v), attn_mask=mg.tensor(mask))
+    assert y.shape == (2, 3, 4, 2)
+    np.testing.assert_allclose(y.numpy(), reference(q, k, v, mask), rtol=1e-12, atol=1e-12)
+    gradcheck(lambda q, k, v, m: sdpa(q, k, v, attn_mask=m), [q, k, v, mask])
