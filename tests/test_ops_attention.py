@@ -280,3 +280,30 @@ def test_leading_dims_of_value_and_mask_broadcast_against_the_scores():
     assert y.shape == (2, 3, 4, 2)
     np.testing.assert_allclose(y.numpy(), reference(q, k, v, mask), rtol=1e-12, atol=1e-12)
     gradcheck(lambda q, k, v, m: sdpa(q, k, v, attn_mask=m), [q, k, v, mask])
+
+
+@pytest.mark.parametrize("case", ["plain", "float mask", "dropout", "causal", "broadcast"])
+def test_plain_backward_on_arrays_equals_the_recorded_formula(case):
+    # _backward_arrays (no graph) against the backward written in ops (create_graph=True)
+    rng = np.random.default_rng(14)
+    q, k, v = qkv(rng, batch=(2, 3), L=4, S=5)
+    if case == "broadcast":
+        k, v = k[:1], v[:, :1]
+    extra = [rng.standard_normal((2, 3, 4, 5))] if case == "float mask" else []
+
+    def call(*ts):
+        kw = {"float mask": lambda: dict(attn_mask=ts[3]), "dropout": lambda: dict(dropout_p=0.3, generator=mg.Generator(5)),
+              "causal": lambda: dict(is_causal=True)}.get(case, dict)()
+        return sdpa(*ts[:3], **kw)
+
+    def grads(create_graph):
+        ts = [mg.tensor(a, requires_grad=True) for a in (q, k, v, *extra)]
+        y = call(*ts)
+        gy = mg.tensor(np.random.default_rng(15).standard_normal(y.shape))
+        return mg.grad(y, ts, grad_outputs=gy, create_graph=create_graph)
+
+    plain, recorded = grads(False), grads(True)
+    assert not any(g.requires_grad for g in plain) and all(g.requires_grad for g in recorded)
+    for a, b in zip(plain, recorded):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-11, atol=1e-12)
