@@ -201,7 +201,9 @@ def main(argv=None):
             start = time.perf_counter()
             evaluate_run(run, eval_samples=args.eval_samples)
             print(f"{family}: evaluated in {(time.perf_counter() - start) / 60:.1f} min")
-        print(f"{family}: pictures in {run}: samples.png, curves.png, forward.png, reverse.png", flush=True)
+        pictures = [n for n in ("samples.png", "curves.png", "forward.png", "reverse.png")
+                    if os.path.exists(os.path.join(run, n))]          # --no-strips draws no strips
+        print(f"{family}: pictures in {run}: {', '.join(pictures)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,18 @@ def test_diffusion_example_smoke(tmp_path):
     guidance = json.load(open(out / "cdit" / "guidance.json"))
     assert [r["guidance_scale"] for r in guidance] == [0.0, 2.0]
     assert not os.path.exists(out / "ddpm" / "guidance.json")
+    assert f"ddpm: pictures in {out / 'ddpm'}: samples.png, curves.png, forward.png, reverse.png" in proc.stdout
+
+
+def test_diffusion_example_lists_only_the_pictures_it_drew(tmp_path):
+    out = tmp_path / "runs"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "diffusion_mnist.py"), "--quick",
+                           "--no-strips", "--sweep-steps", "--families", "ddpm", "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"ddpm: pictures in {out / 'ddpm'}: samples.png, curves.png\n" in proc.stdout
+    assert not os.path.exists(out / "ddpm" / "forward.png")
 
 
 @pytest.mark.parametrize("family, width", [("ddpm", ("base_channels", 64)), ("cddpm", ("base_channels", 64)),
