@@ -327,7 +327,7 @@ def test_pooled_mean_equals_numpy_mean(shape, axes, with_b):
     np.testing.assert_allclose(recorded.numpy(), ref, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("kind", ["group", "batch", "layer", "group-no-affine"])
+@pytest.mark.parametrize("kind", ["group", "batch", "layer", "group-no-affine", "group-weight-only", "batch-bias-only"])
 def test_norm_forward_without_a_graph_keeps_nothing_and_gives_the_same_numbers(kind):
     # under no_grad the norms with a small rstd * weight skip xhat: y = (x - mean) (rstd w) + b
     from minigen.functional import norm
@@ -339,7 +339,9 @@ def test_norm_forward_without_a_graph_keeps_nothing_and_gives_the_same_numbers(k
     made = []
     original = norm.Normalize.forward
     norm_fn = {"group": lambda: F.group_norm(x, 3, w, b), "batch": lambda: F.batch_norm(x, None, None, w, b, True),
-               "layer": lambda: F.layer_norm(x, 3, w, b), "group-no-affine": lambda: F.group_norm(x, 3)}[kind]
+               "layer": lambda: F.layer_norm(x, 3, w, b), "group-no-affine": lambda: F.group_norm(x, 3),
+               "group-weight-only": lambda: F.group_norm(x, 3, w),
+               "batch-bias-only": lambda: F.batch_norm(x, None, None, None, b, True)}[kind]
 
     def spy(self, *arrays):
         out = original(self, *arrays)
