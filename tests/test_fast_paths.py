@@ -359,3 +359,56 @@ def test_norm_forward_without_a_graph_keeps_nothing_and_gives_the_same_numbers(k
     assert made[1].xhat is not None
     assert (made[0].xhat is None) == (kind != "layer")   # layer norm's rstd * weight is full size
     np.testing.assert_allclose(fast, kept, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------
+# large elementwise binary ops and concatenations in two halves on two threads
+# (minigen/functional/math.py: _split_binary, split_halves; shape.py: _concat)
+# ----------------------------------------------------------------------------
+
+@pytest.fixture
+def split_everything(monkeypatch):
+    from minigen.functional import math as fmath
+    monkeypatch.setattr(fmath, "elementwise_threads", lambda: 2)
+    monkeypatch.setattr(fmath, "BINARY_SPLIT_MIN", 0)
+    calls = []
+    original = fmath.split_halves
+    monkeypatch.setattr(fmath, "split_halves", lambda run, n: calls.append(n) or original(run, n))
+    return calls
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+@pytest.mark.parametrize("b_shape", [(5, 3, 4), (1, 3, 4), (3, 1), (4,), ()])
+def test_split_binary_ops_equal_numpy(split_everything, op, b_shape):
+    rng = np.random.default_rng(16)
+    a, b = rng.standard_normal((5, 3, 4)).astype(np.float32), (rng.standard_normal(b_shape) + 3).astype(np.float32)
+    ref = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[op](a, b)
+    ta, tb = mg.tensor(a, requires_grad=True), mg.tensor(b, requires_grad=True)
+    y = {"add": lambda: ta + tb, "sub": lambda: ta - tb, "mul": lambda: ta * tb, "div": lambda: ta / tb}[op]()
+    assert split_everything == [5]                       # the result's first axis, cut in two
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y.numpy(), ref)
+    y.sum().backward()                                   # gradients still reach both operands, in their shapes
+    assert ta.grad.shape == a.shape and tb.grad.shape == b.shape
+
+
+def test_split_binary_leaves_small_and_integer_results_alone(split_everything, monkeypatch):
+    from minigen.functional import math as fmath
+    monkeypatch.setattr(fmath, "BINARY_SPLIT_MIN", 13)
+    a = mg.tensor(np.ones((4, 3), np.float32))
+    a + a
+    assert split_everything == []                        # 12 entries: below the threshold
+    monkeypatch.setattr(fmath, "BINARY_SPLIT_MIN", 0)
+    i = mg.tensor(np.arange(12).reshape(4, 3))
+    assert np.array_equal((i + i).numpy(), 2 * np.arange(12).reshape(4, 3)) and split_everything == []
+
+
+@pytest.mark.parametrize("dim", [1, 2, -1, 0])
+def test_split_concat_equals_numpy(split_everything, dim):
+    rng = np.random.default_rng(17)
+    xs = [rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 5, 3))] if dim == 1 else \
+         [rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 1))] if dim in (2, -1) else \
+         [rng.standard_normal((4, 2, 3)), rng.standard_normal((1, 2, 3))]
+    y = F.concat([mg.tensor(x) for x in xs], dim=dim)
+    assert split_everything == ([] if dim == 0 else [4])  # joined along the first axis: nothing to split
+    np.testing.assert_array_equal(y.numpy(), np.concatenate(xs, axis=dim))

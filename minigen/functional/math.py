@@ -131,6 +131,40 @@ def split_elementwise(fn, *arrays):
     split_calls += 1
 
 
+BINARY_SPLIT_MIN = 1 << 20      # entries of a result: below, the handoff costs more than half of one pass
+
+
+def split_halves(run, n: int) -> None:
+    """run(0, h) here and run(h, n) on the pool thread at once, h = n // 2 (run writes only into
+    its own range of any shared output)."""
+    h = n // 2
+    second = _pool().submit(run, h, n)
+    try:
+        run(0, h)
+    finally:
+        second.result()
+
+
+def _split_binary(ufunc, a, b):
+    """ufunc(a, b) with broadcasting, computed in two halves of the result's first axis on two
+    threads, for NumPy float arrays of one dtype with a result of at least BINARY_SPLIT_MIN entries
+    and two threads allowed; None otherwise (the caller computes it plainly).  Each entry is
+    computed as in one call, so the result is bit for bit the same."""
+    if (type(a) is not np.ndarray or type(b) is not np.ndarray or a.dtype != b.dtype
+            or a.dtype.kind != "f" or elementwise_threads() < 2):
+        return None
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    if not shape or shape[0] < 2 or math.prod(shape) < BINARY_SPLIT_MIN:
+        return None
+    out = np.empty(shape, dtype=a.dtype)
+
+    def part(x, lo, hi):      # an operand that broadcasts along the first axis is used whole
+        return x[lo:hi] if x.ndim == len(shape) and x.shape[0] == shape[0] else x
+
+    split_halves(lambda lo, hi: ufunc(part(a, lo, hi), part(b, lo, hi), out=out[lo:hi]), shape[0])
+    return out
+
+
 def _axes(dim, ndim):
     """Normalise ``dim`` (None, int or tuple) to a tuple of non-negative axes."""
     if dim is None:
@@ -158,7 +192,8 @@ class Add(Function):
     """y = a + b."""
 
     def forward(self, a, b):
-        return a + b
+        y = _split_binary(np.add, a, b)   # buys: large results on two threads (see _split_binary)
+        return a + b if y is None else y
 
     def backward(self, gy):
         return gy, gy
@@ -168,7 +203,8 @@ class Sub(Function):
     """y = a - b."""
 
     def forward(self, a, b):
-        return a - b
+        y = _split_binary(np.subtract, a, b)   # buys: large results on two threads (see _split_binary)
+        return a - b if y is None else y
 
     def backward(self, gy):
         return gy, (-gy if self.inputs[1].requires_grad else None)
@@ -178,7 +214,8 @@ class Mul(Function):
     """y = a * b;  da = gy * b,  db = gy * a."""
 
     def forward(self, a, b):
-        return a * b
+        y = _split_binary(np.multiply, a, b)   # buys: large results on two threads (see _split_binary)
+        return a * b if y is None else y
 
     def backward(self, gy):
         a, b = self.inputs
@@ -190,7 +227,8 @@ class Div(Function):
     """y = a / b;  da = gy / b,  db = -gy * a / b^2."""
 
     def forward(self, a, b):
-        return a / b
+        y = _split_binary(np.divide, a, b)   # buys: large results on two threads (see _split_binary)
+        return a / b if y is None else y
 
     def backward(self, gy):
         a, b = self.inputs
