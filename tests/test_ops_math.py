@@ -301,7 +301,8 @@ def test_fused_slopes_equal_the_formulas(dtype):
     want = {"silu": s * (1 + x64 * (1 - s)),
             "gelu": sps.ndtr(x64) + x64 * np.exp(-x64 ** 2 / 2) / math.sqrt(2 * math.pi),
             "gelu_tanh": 0.5 * (1 + th) + 0.5 * x64 * (1 - th ** 2) * k * (1 + 3 * c * x64 ** 2)}
-    got = {"silu": F.math._silu_slope_fused(x, F.math._sigmoid_array(x))}
+    s_x = F.math._sigmoid_array(x)
+    got = {"silu": F.math._silu_slope_fused(x * s_x, s_x)}      # from the forward's output y = x s
     for name, approximate in (("gelu", "none"), ("gelu_tanh", "tanh")):
         op = F.math.GELU(approximate)
         op.forward(x)  # keeps Phi(x) or tanh(u) for the backward
@@ -315,7 +316,7 @@ def test_fused_slopes_equal_the_formulas(dtype):
 
 @pytest.mark.parametrize("fn, helper, wrong", [
     (F.gelu, "_gelu_slope_fused", lambda x, approximate, saved: saved),   # drops x phi(x)
-    (F.silu, "_silu_slope_fused", lambda x, s: s),                        # drops 1 + x (1 - s)
+    (F.silu, "_silu_slope_fused", lambda y, s: s),                        # drops y (1 - s)
 ], ids=["gelu", "silu"])
 def test_a_planted_bug_in_the_fused_path_is_caught(monkeypatch, fn, helper, wrong):
     # the gradchecks above exercise the fused path: a wrong slope there must fail them.

@@ -540,29 +540,29 @@ class SiLU(Function):
         if is_grad_enabled():  # recorded (create_graph=True): the formula in ops, so it differentiates again
             s = sigmoid(x)
             return gy * (s * (1.0 + x * (1.0 - s)))
-        return _times_gy(gy, _silu_slope_fused(x.data, self.s))  # plain backward: the same slope on arrays
+        # plain backward: the same slope on arrays, from the forward's s and its output y = x s
+        return _times_gy(gy, _silu_slope_fused(self.output().data, self.s))
 
 
 def _silu_fused(x, s, y):
-    """SiLU's forward into s = sigma(x) and y = x s."""
-    # buys: on request, two threads on large arrays (measured slower by default: benchmarks/README.md)
+    """SiLU's forward into s = sigma(x) and y = x s (on two threads where ``split_elementwise`` splits)."""
     _sigmoid_array(x, out=s)
     xp_of(x).multiply(x, s, out=y)
 
 
-def _silu_slope_into(x, s, slope):
-    xp_of(x).subtract(1, s, out=slope)
-    slope *= x
-    slope += 1
-    slope *= s
+def _silu_slope_into(y, s, slope):
+    xp_of(y).subtract(1, s, out=slope)
+    slope *= y
+    slope += s
 
 
-def _silu_slope_fused(x, s):
-    """sigma(x) (1 + x (1 - sigma(x))) on arrays, from the forward's s = sigma(x)."""
-    # buys: reuses the forward's sigmoid and fills one array in place (several times faster than the ops)
-    x = _array(x)
-    slope = xp_of(x).empty_like(x)
-    split_elementwise(_silu_slope_into, x, s, slope)
+def _silu_slope_fused(y, s):
+    """sigma(x) (1 + x (1 - sigma(x))) = s + y (1 - s) on arrays, from the forward's s = sigma(x) and y = x s."""
+    # buys: reuses the forward's sigmoid and output, 3 passes in one array (4 from x; the ops take
+    # several times longer): SiLU's fwd+bwd on (64, 64, 28, 28) float32 5.8-6.3 -> 5.4-5.8 ms
+    y = _array(y)
+    slope = xp_of(y).empty_like(y)
+    split_elementwise(_silu_slope_into, y, s, slope)
     return slope
 
 
