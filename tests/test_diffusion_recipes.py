@@ -98,13 +98,19 @@ def test_images_that_cannot_be_halved_get_a_clear_error(tmp_path, capsys):
     assert "cannot be halved" in capsys.readouterr().err
 
 
-def test_diffusion_example_smoke(tmp_path):
+def _run_diffusion_example(tmp_path, *args):
+    """(the run's parent directory, the finished process) of examples/diffusion_mnist.py --quick ARGS."""
     out = tmp_path / "runs"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), MPLBACKEND="Agg")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "diffusion_mnist.py"), "--quick",
-                           "--eval", "--families", "ddpm", "cdit", "--out", str(out)],
+                           *args, "--out", str(out)],
                           capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc
+
+
+def test_diffusion_example_smoke(tmp_path):
+    out, proc = _run_diffusion_example(tmp_path, "--eval", "--families", "ddpm", "cdit")
     for family in ("ddpm", "cdit"):
         for name in ("samples.png", "curves.png", "forward.png", "reverse.png", "eval.json"):
             with open(out / family / name, "rb") as f:
@@ -118,12 +124,7 @@ def test_diffusion_example_smoke(tmp_path):
 
 
 def test_diffusion_example_lists_only_the_pictures_it_drew(tmp_path):
-    out = tmp_path / "runs"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "diffusion_mnist.py"), "--quick",
-                           "--no-strips", "--sweep-steps", "--families", "ddpm", "--out", str(out)],
-                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out, proc = _run_diffusion_example(tmp_path, "--no-strips", "--families", "ddpm")
     assert f"ddpm: pictures in {out / 'ddpm'}: samples.png, curves.png\n" in proc.stdout
     assert not os.path.exists(out / "ddpm" / "forward.png")
 
