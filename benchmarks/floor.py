@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import sys
 import time
 
 import numpy as np
@@ -178,7 +179,7 @@ def time_products(products, torch=None, calls=5):
 def run_floor(names, settings, twins, torch_device, workload_module, measure, settings_for):
     """One JSON line per workload: its products' count, GFLOP and times, the twin's step, the ratio."""
     if settings.device != "cpu":
-        print("--floor: times NumPy's products on the CPU only", flush=True)
+        print("--floor: it times NumPy's products on the CPU only; leave out --device gpu", file=sys.stderr)
         return 2
     for name in names:
         mod = workload_module(name)

@@ -235,3 +235,10 @@ def test_floor_chunked_split_product_is_the_product(m, k, n, monkeypatch):
     pool.shutdown()
     assert parallel.split_calls == calls + 1
     np.testing.assert_allclose(out, a @ b, rtol=1e-12)
+
+
+def test_floor_refuses_the_gpu_in_one_line(capsys):
+    from benchmarks import floor
+    assert floor.run_floor(["W4"], Settings(device="gpu"), None, None, run.workload_module, measure, None) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--floor" in err[0] and "CPU" in err[0]
