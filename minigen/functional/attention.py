@@ -49,7 +49,12 @@ def _softmax_scores_into(p, q, k, scale, bias):
     xp = backend.xp_of(p)
     # NumPy's batched matmul is slow when its right operand is a transposed view;
     # a contiguous copy of K^T (the smaller matrix) costs less than the slowdown.
-    s = xp.matmul(q, xp.ascontiguousarray(k.swapaxes(-1, -2)), out=p)  # (..., L, S)
+    kt = xp.ascontiguousarray(k.swapaxes(-1, -2))
+    if np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) == p.shape[:-2]:
+        s = xp.matmul(q, kt, out=p)                                      # (..., L, S)
+    else:                   # the value's or the bias's leading dims are larger: broadcast into p
+        p[...] = q @ kt
+        s = p
     s *= s.dtype.type(scale)
     if bias is not None:
         s += bias
