@@ -150,11 +150,13 @@ def _split_binary(ufunc, a, b):
     threads, for NumPy float arrays of one dtype with a result of at least BINARY_SPLIT_MIN entries
     and two threads allowed; None otherwise (the caller computes it plainly).  Each entry is
     computed as in one call, so the result is bit for bit the same."""
-    if (type(a) is not np.ndarray or type(b) is not np.ndarray or a.dtype != b.dtype
-            or a.dtype.kind != "f" or elementwise_threads() < 2):
+    # cheapest tests first: this runs before every add, sub, mul and div (an operand as large as
+    # the result is the common case; a result made large by broadcasting two small ones is not split)
+    if (type(a) is not np.ndarray or type(b) is not np.ndarray or builtins.max(a.size, b.size) < BINARY_SPLIT_MIN
+            or a.dtype != b.dtype or a.dtype.kind != "f" or elementwise_threads() < 2):
         return None
     shape = np.broadcast_shapes(a.shape, b.shape)
-    if not shape or shape[0] < 2 or math.prod(shape) < BINARY_SPLIT_MIN:
+    if not shape or shape[0] < 2:
         return None
     out = np.empty(shape, dtype=a.dtype)
 
