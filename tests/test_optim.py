@@ -448,3 +448,45 @@ def test_ema_warmup_decay_and_state_dict():
     np.testing.assert_array_equal(other.shadow["weight"], ema.shadow["weight"])
     with pytest.raises(ValueError, match="names differ"):
         optim.ExponentialMovingAverage(nn.Sequential(nn.Linear(2, 1))).load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------
+# subnormal moments (minigen/optim.py: _flush_subnormal)
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flush_subnormal_zeroes_only_what_could_turn_subnormal(dtype):
+    from minigen.optim import FLUSH_EVERY, _flush_subnormal
+    tiny = float(np.finfo(dtype).tiny)
+    bound = tiny / 0.9 ** FLUSH_EVERY
+    a = np.array([0.0, tiny / 4, -tiny, bound * 0.99, -bound * 1.01, 1e-3, -2.0], dtype=dtype)
+    want = a.copy()
+    want[:4] = 0
+    _flush_subnormal(a, 0.9)
+    np.testing.assert_array_equal(a, want)
+    b = np.array([tiny * 2.0 ** 23, tiny * 2.0 ** 25], dtype=dtype)
+    _flush_subnormal(b, 0.1)                    # a fast decay: the bound is capped at tiny * 2^24
+    assert b[0] == 0 and b[1] == dtype(tiny * 2.0 ** 25)
+    c = np.array([tiny / 2], dtype=dtype)
+    _flush_subnormal(c, 0.0)                    # no decay (beta = 0): nothing to flush
+    assert c[0] == dtype(tiny / 2)
+
+
+def test_adam_moments_of_a_dead_coordinate_never_turn_subnormal(monkeypatch):
+    # one gradient, then zeros: m shrinks by 0.9 a step and would be subnormal from about step 840
+    def run():
+        w = mg.tensor(np.array([1.0, -0.5], np.float32), requires_grad=True)
+        opt = optim.Adam([w], lr=1e-3)
+        seen = 0
+        for t in range(1000):
+            w.grad = mg.tensor(np.array([0.3, -0.2], np.float32) if t == 0 else np.zeros(2, np.float32))
+            opt.step()
+            m = opt.state[w]["exp_avg"]
+            seen += int(((m != 0) & (np.abs(m) < np.finfo(np.float32).tiny)).sum())
+        return w.numpy(), seen
+    w_flushed, seen_flushed = run()
+    from minigen import optim as optim_module
+    monkeypatch.setattr(optim_module, "FLUSH_EVERY", 10 ** 9)
+    w_kept, seen_kept = run()
+    assert seen_kept > 0 and seen_flushed == 0           # the scenario does produce subnormals
+    np.testing.assert_array_equal(w_flushed, w_kept)     # and zeroing them moved no weight
