@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from .common import emit
+from .common import emit, measure, settings_for
 
 Product = collections.namedtuple("Product", "batch m k n")
 
@@ -176,15 +176,16 @@ def time_products(products, torch=None, calls=5):
     return total_np, (total_torch if torch is not None else None)
 
 
-def run_floor(names, settings, twins, torch_device, workload_module, measure, settings_for):
+def run_floor(names, settings, twins, torch_device):
     """One JSON line per workload: its products' count, GFLOP and times, the twin's step, the ratio."""
     if settings.device != "cpu":
         print("--floor: it times NumPy's products on the CPU only; leave out --device gpu", file=sys.stderr)
         return 2
+    from .run import workload_module                   # run.py imports this module when --floor is asked
     for name in names:
-        mod = workload_module(name)
         if name == "W0":
             continue                                    # W0 is one product already
+        mod = workload_module(name)
         case = mod.build(settings, twins, torch_device)
         done = {}                                       # minigen engine -> (products, times)
         for row in case.rows:

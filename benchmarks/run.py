@@ -336,5 +336,5 @@ def main(argv=None) -> int:
         return run_check(args, settings, twins, torch_device)
     if args.floor:
         from .floor import run_floor
-        return run_floor(args.names, settings, twins, torch_device, workload_module, measure, settings_for)
+        return run_floor(args.names, settings, twins, torch_device)
     return run_timing(args, settings, twins, torch_device)

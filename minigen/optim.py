@@ -365,7 +365,7 @@ def _flush_subnormal(a, decay):
     """Set to 0, in place, the entries of ``a`` (state that shrinks by the factor ``decay`` per step
     where its gradient is 0) that could become subnormal within FLUSH_EVERY steps:
     |a| < tiny / decay^FLUSH_EVERY, tiny the smallest normal number, the bound capped at
-    tiny * 2^24 (for decay below ~0.35).  NumPy arrays only: GPUs run subnormals at full speed.
+    tiny * 2^24 (for decay below ~0.35).  NumPy arrays only: the slowdown measured is the CPU's.
     """
     # buys: W1's step stays at 11 ms instead of doubling to 20.7 ms once, after ~800 steps, 1.05 M
     # of its 1.38 M first moments had become subnormal (benchmarks/README.md)

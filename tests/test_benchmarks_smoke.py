@@ -239,6 +239,6 @@ def test_floor_chunked_split_product_is_the_product(m, k, n, monkeypatch):
 
 def test_floor_refuses_the_gpu_in_one_line(capsys):
     from benchmarks import floor
-    assert floor.run_floor(["W4"], Settings(device="gpu"), None, None, run.workload_module, measure, None) == 2
+    assert floor.run_floor(["W4"], Settings(device="gpu"), None, None) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--floor" in err[0] and "CPU" in err[0]

@@ -145,18 +145,26 @@ def split_halves(run, n: int) -> None:
         second.result()
 
 
+def halves_worthwhile(shape, arrays) -> bool:
+    """Whether a result of ``shape`` built from ``arrays`` is worth ``split_halves``: all NumPy
+    arrays of one float dtype, two threads allowed, at least BINARY_SPLIT_MIN entries, a first
+    axis to cut."""
+    return (len(shape) > 0 and shape[0] >= 2 and math.prod(shape) >= BINARY_SPLIT_MIN
+            and all(type(x) is np.ndarray and x.dtype == arrays[0].dtype for x in arrays)
+            and arrays[0].dtype.kind == "f" and elementwise_threads() >= 2)
+
+
 def _split_binary(ufunc, a, b):
     """ufunc(a, b) with broadcasting, computed in two halves of the result's first axis on two
     threads, for NumPy float arrays of one dtype with a result of at least BINARY_SPLIT_MIN entries
     and two threads allowed; None otherwise (the caller computes it plainly).  Each entry is
     computed as in one call, so the result is bit for bit the same."""
-    # cheapest tests first: this runs before every add, sub, mul and div (an operand as large as
-    # the result is the common case; a result made large by broadcasting two small ones is not split)
-    if (type(a) is not np.ndarray or type(b) is not np.ndarray or builtins.max(a.size, b.size) < BINARY_SPLIT_MIN
-            or a.dtype != b.dtype or a.dtype.kind != "f" or elementwise_threads() < 2):
+    # this runs before every add, sub, mul and div: operand sizes first (an operand as large as the
+    # result is the common case; a result made large by broadcasting two small ones is not split)
+    if type(a) is not np.ndarray or type(b) is not np.ndarray or builtins.max(a.size, b.size) < BINARY_SPLIT_MIN:
         return None
     shape = np.broadcast_shapes(a.shape, b.shape)
-    if not shape or shape[0] < 2:
+    if not halves_worthwhile(shape, (a, b)):
         return None
     out = np.empty(shape, dtype=a.dtype)
 

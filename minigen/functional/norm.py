@@ -27,6 +27,8 @@ is just an affine map written with ordinary ops.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..autograd import Function, Tensor, is_grad_enabled, no_grad
@@ -65,8 +67,7 @@ class Normalize(Function):
         xp = backend.xp_of(x)
         weight = params[0] if self.has_weight else None
         bias = params[-1] if self.has_bias else None
-        stats_shape = tuple(1 if i in self.axes else n for i, n in enumerate(x.shape))
-        if not self.recording and (weight is None or np.prod(np.broadcast_shapes(stats_shape, weight.shape)) < x.size):
+        if not self.recording and (weight is None or _coefficient_size(x.shape, self.axes, weight) < x.size):
             # buys: nothing will be differentiated and rstd * weight is small: no xhat array and one
             # full pass fewer (group norm under no_grad on W6's (256, 32, 28, 28): 7.8 -> 5.1 ms)
             xhat, y = None, xp.empty(x.shape, xp.result_type(x, *params))
@@ -139,6 +140,12 @@ class Normalize(Function):
         out += (None if gw is None else Tensor(gw),) if self.has_weight else ()
         out += (None if gb is None else Tensor(gb),) if self.has_bias else ()
         return out
+
+
+def _coefficient_size(shape, axes, weight):
+    """Entries of rstd * weight: rstd has ``shape`` with the pooled ``axes`` set to 1."""
+    stats_shape = tuple(1 if i in axes else n for i, n in enumerate(shape))
+    return math.prod(np.broadcast_shapes(stats_shape, weight.shape))
 
 
 def _over_batch(run, a, axes):

@@ -300,14 +300,12 @@ class Concat(Function):
 def _concat(xs, dim):
     """concatenate(xs, axis=dim); a large NumPy result joined along a later axis is built in two halves
     of the first axis on two threads (as ``math._split_binary``; the same entries either way)."""
-    from .math import BINARY_SPLIT_MIN, elementwise_threads, split_halves
-    xp = xp_of(xs[0])
+    from .math import halves_worthwhile, split_halves
     axis = dim % xs[0].ndim
     shape = list(xs[0].shape)
     shape[axis] = sum(x.shape[axis] for x in xs)
-    if (axis == 0 or elementwise_threads() < 2 or shape[0] < 2 or int(np.prod(shape)) < BINARY_SPLIT_MIN
-            or not all(type(x) is np.ndarray and x.dtype == xs[0].dtype for x in xs)):
-        return xp.concatenate(xs, axis=dim)
+    if axis == 0 or not halves_worthwhile(shape, xs):
+        return xp_of(xs[0]).concatenate(xs, axis=dim)
     out = np.empty(shape, dtype=xs[0].dtype)
     split_halves(lambda lo, hi: np.concatenate([x[lo:hi] for x in xs], axis=axis, out=out[lo:hi]), shape[0])
     return out
