@@ -412,3 +412,83 @@ def test_split_concat_equals_numpy(split_everything, dim):
     y = F.concat([mg.tensor(x) for x in xs], dim=dim)
     assert split_everything == ([] if dim == 0 else [4])  # joined along the first axis: nothing to split
     np.testing.assert_array_equal(y.numpy(), np.concatenate(xs, axis=dim))
+
+
+# ----------------------------------------------------------------------------
+# LeakyReLU's slope as max(sign(x), a), its chains on two threads (minigen/functional/math.py)
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", ["one_thread", "two_threads"])
+@pytest.mark.parametrize("slope", [0.2, 1.0, 0.01])
+def test_leaky_relu_fast_path_equals_the_mask_formula(request, threads, slope):
+    request.getfixturevalue(threads)
+    rng = np.random.default_rng(12)
+    x64 = rng.standard_normal((6, 5, 7))
+    x64[0, 0, :3] = [0.0, -0.0, 1e-300]                  # the kink and a subnormal-free tiny input
+    gy64 = rng.standard_normal(x64.shape)
+    calls = fm.split_calls
+    x = mg.tensor(x64, requires_grad=True)
+    y = F.leaky_relu(x, slope)
+    (fast,) = mg.grad(y, [x], grad_outputs=mg.tensor(gy64))                    # arrays, chained
+    assert fm.split_calls == calls + (2 if threads == "two_threads" else 0)    # forward and backward
+    reference_slope = np.where(x64 > 0, 1.0, slope)                            # 1 where x > 0, a elsewhere
+    assert np.array_equal(y.numpy(), np.where(x64 > 0, x64, slope * x64))
+    assert np.array_equal(fast.numpy(), gy64 * reference_slope)
+    x2 = mg.tensor(x64, requires_grad=True)
+    (recorded,) = mg.grad(F.leaky_relu(x2, slope), [x2], grad_outputs=mg.tensor(gy64), create_graph=True)
+    assert np.array_equal(recorded.numpy(), fast.numpy())                     # the product in ops
+
+
+def test_leaky_relu_of_integers_and_other_slopes_keeps_the_plain_path():
+    x = mg.tensor(np.array([-3, 0, 2]))
+    assert np.allclose(F.leaky_relu(x, 0.2).numpy(), [-0.6, 0.0, 2.0])
+    xf = mg.tensor(np.array([-3.0, 0.0, 2.0]), requires_grad=True)
+    for slope, expect_y, expect_g in [(2.0, [-6.0, 0.0, 2.0], [2.0, 2.0, 1.0]), (-0.5, [1.5, 0.0, 2.0], [-0.5, -0.5, 1.0])]:
+        (g,) = mg.grad(F.leaky_relu(xf, slope).sum(), [xf])
+        assert np.array_equal(F.leaky_relu(xf, slope).numpy(), expect_y) and np.array_equal(g.numpy(), expect_g)
+
+
+# ----------------------------------------------------------------------------
+# batch norm: statistics over the batch, the passes after them in halves (minigen/functional/norm.py)
+# ----------------------------------------------------------------------------
+
+def _batch_norm_and_grads(shape):
+    gen = np.random.default_rng(13)
+    x = mg.tensor(gen.standard_normal(shape) * 2 + 1, requires_grad=True)
+    w = mg.tensor(gen.standard_normal(shape[1]), requires_grad=True)
+    b = mg.tensor(gen.standard_normal(shape[1]), requires_grad=True)
+    y = F.batch_norm(x, None, None, w, b, training=True)
+    grads = mg.grad(y, [x, w, b], grad_outputs=mg.tensor(gen.standard_normal(shape)))
+    return [y.numpy()] + [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 5), (7, 3, 2, 2), (5, 6)])
+def test_batch_norm_in_halves_equals_one_thread(shape, monkeypatch):
+    from minigen.functional import norm
+    monkeypatch.setattr(fm, "elementwise_threads", lambda: 1)
+    serial = _batch_norm_and_grads(shape)
+    monkeypatch.setattr(norm, "elementwise_threads", lambda: 2)
+    monkeypatch.setattr(norm, "BATCH_NORM_SPLIT_MIN", 16)
+    halves = []
+    original = fm.split_halves
+    monkeypatch.setattr(norm, "split_halves", lambda run, n: halves.append(n) or original(run, n))
+    split = _batch_norm_and_grads(shape)
+    assert len(halves) == 2                            # the forward's passes and the backward's
+    for a, b in zip(split, serial):
+        assert np.array_equal(a, b)                    # the same entries, only cut in two
+
+
+def test_batch_norm_backward_takes_the_pooled_batch_path_and_group_norm_does_not(monkeypatch):
+    from minigen.functional import norm
+    taken = []
+    original = norm._batch_normalize_backward
+    monkeypatch.setattr(norm, "_batch_normalize_backward",
+                        lambda *a: taken.append(1) or original(*a))
+    x = mg.tensor(np.random.default_rng(0).standard_normal((4, 6, 3)), requires_grad=True)
+    w = mg.tensor(np.ones(6), requires_grad=True)
+    F.batch_norm(x, None, None, w, None, training=True).sum().backward()
+    assert taken == [1]
+    F.group_norm(x, 2, w).sum().backward()            # the weight varies inside a group: the general path
+    assert taken == [1]
+    assert not norm._sums_over_pooled_axes((4, 6, 3), (0, 2), (6, 3), (6, 1))   # varies along a pooled axis
+    assert norm._sums_over_pooled_axes((4, 6, 3), (0, 2), (6, 1), None)

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..autograd import Function, Tensor, is_grad_enabled, no_grad
 from .. import backend
-from .math import mean, sqrt
+from .math import elementwise_threads, mean, split_halves, sqrt
 from .parallel import split_batch, sum_parts
 from .shape import reshape
 
@@ -74,9 +74,12 @@ class Normalize(Function):
         else:
             xhat = xp.empty_like(x)
             y = xhat if weight is None and bias is None else xp.empty(x.shape, xp.result_type(x, *params))
-        stats = _over_batch(lambda a, b: _normalize_into(x[a:b], self.axes, self.eps, weight, bias,
-                                                         None if xhat is None else xhat[a:b], y[a:b]),
-                            x, self.axes)
+        if self.axes == (0, 2) and x.ndim == 3:    # batch norm: statistics over the batch
+            stats = [_batch_normalize_into(x, self.eps, weight, bias, xhat, y)]
+        else:
+            stats = _over_batch(lambda a, b: _normalize_into(x[a:b], self.axes, self.eps, weight, bias,
+                                                             None if xhat is None else xhat[a:b], y[a:b]),
+                                x, self.axes)
         self.mean, self.var, self.rstd = (xp.concatenate(s) if len(stats) > 1 else s[0] for s in zip(*stats))
         self.xhat = xhat
         return y
@@ -129,13 +132,16 @@ class Normalize(Function):
         gx = xp.empty(gy.shape, xp.result_type(gy, rstd, *([wdata] if wdata is not None else []))) \
             if need[0] else None
 
-        def run(a, b):
-            return _normalize_backward(gy[a:b], xhat[a:b], rstd[a:b], wdata, axes, need,
-                                       None if weight is None else weight.shape,
-                                       None if bias is None else bias.shape,
-                                       None if gx is None else gx[a:b])
-        parts = _over_batch(run, gy, axes)
-        gw, gb = (sum_parts(list(p)) for p in zip(*parts))      # the parameters' partial sums
+        w_shape = None if weight is None else weight.shape
+        b_shape = None if bias is None else bias.shape
+        if axes == (0, 2) and gy.ndim == 3 and _sums_over_pooled_axes(gy.shape, axes, w_shape, b_shape):
+            gw, gb = _batch_normalize_backward(gy, xhat, rstd, wdata, need, w_shape, b_shape, gx)
+        else:
+            def run(a, b):
+                return _normalize_backward(gy[a:b], xhat[a:b], rstd[a:b], wdata, axes, need, w_shape, b_shape,
+                                           None if gx is None else gx[a:b])
+            parts = _over_batch(run, gy, axes)
+            gw, gb = (sum_parts(list(p)) for p in zip(*parts))      # the parameters' partial sums
         out = (None if gx is None else Tensor(gx),)
         out += (None if gw is None else Tensor(gw),) if self.has_weight else ()
         out += (None if gb is None else Tensor(gb),) if self.has_bias else ()
@@ -156,6 +162,19 @@ def _over_batch(run, a, axes):
     return [run(0, a.shape[0])]
 
 
+BATCH_NORM_SPLIT_MIN = 1 << 19   # entries: below, batch norm's passes ran slower in halves (cache moves between cores)
+
+
+def _in_halves(run, a):
+    """run(lo, hi) over a's first axis: in two halves on two threads (``split_halves``) when a is a
+    NumPy float array of at least BATCH_NORM_SPLIT_MIN entries and two threads are allowed, else once."""
+    if (type(a) is np.ndarray and a.dtype.kind == "f" and a.size >= BATCH_NORM_SPLIT_MIN and a.shape[0] >= 2
+            and elementwise_threads() >= 2):
+        split_halves(run, a.shape[0])
+    else:
+        run(0, a.shape[0])
+
+
 def _normalize_into(x, axes, eps, weight, bias, xhat, y):
     """xhat = (x - mean) * rstd and y = weight * xhat + bias into the given arrays; returns
     (mean, var, rstd).  y may be xhat itself (no weight, no bias).  With xhat None (nothing
@@ -169,10 +188,21 @@ def _normalize_into(x, axes, eps, weight, bias, xhat, y):
     var = _pooled_mean(centred, axes, centred)
     rstd = 1 / xp.sqrt(var + x.dtype.type(eps))
     if xhat is None:
-        y *= rstd if weight is None else rstd * weight
-        if bias is not None:
-            y += bias
-        return mean, var, rstd
+        _affine_(y, rstd if weight is None else rstd * weight, bias)
+    else:
+        _scale_into(xhat, rstd, weight, bias, y)
+    return mean, var, rstd
+
+
+def _affine_(y, coef, bias):
+    y *= coef
+    if bias is not None:
+        y += bias
+
+
+def _scale_into(xhat, rstd, weight, bias, y):
+    """xhat *= rstd, then y = weight * xhat + bias (y may be xhat itself)."""
+    xp = backend.xp_of(xhat)
     xhat *= rstd
     if weight is not None:
         xp.multiply(xhat, weight, out=y)
@@ -180,6 +210,37 @@ def _normalize_into(x, axes, eps, weight, bias, xhat, y):
             y += bias
     elif bias is not None:
         xp.add(xhat, bias, out=y)
+
+
+def _rows(c, shape):
+    """A per-channel coefficient ((C, 1) or (1, C, 1), or None) of x (N, C, L) as one full row
+    (1, C*L), a copy of C*L entries."""
+    if c is None:
+        return None
+    N, C, L = shape
+    return backend.xp_of(c).broadcast_to(c.reshape(C, 1), (C, L)).reshape(1, C * L)
+
+
+# buys: NumPy's passes over contiguous rows of C*L entries instead of runs of L beside a broadcast
+# coefficient (1.3-1.5x faster per pass), the last ones in two halves on two threads
+# (batch norm (64, 64, 14, 14) forward: benchmarks/README.md)
+def _batch_normalize_into(x, eps, weight, bias, xhat, y):
+    """_normalize_into for batch norm: x (N, C, L) pooled over axes (0, 2), with every
+    per-channel coefficient laid out as a full row (``_rows``) against x as (N, C*L)."""
+    xp = backend.xp_of(x)
+    N, C, L = shape = x.shape
+    mean = _pooled_mean(x, (0, 2))
+    centred = y if xhat is None else xhat
+    xp.subtract(x.reshape(N, C * L), _rows(mean, shape), out=centred.reshape(N, C * L))
+    var = _pooled_mean(centred, (0, 2), centred)
+    rstd = 1 / xp.sqrt(var + x.dtype.type(eps))
+    y2, b2 = y.reshape(N, C * L), _rows(bias, shape)
+    if xhat is None:
+        coef = _rows(rstd if weight is None else rstd * weight, shape)
+        _in_halves(lambda a, b: _affine_(y2[a:b], coef, b2), y2)
+    else:
+        xhat2, r2, w2 = xhat.reshape(N, C * L), _rows(rstd, shape), _rows(weight, shape)
+        _in_halves(lambda a, b: _scale_into(xhat2[a:b], r2, w2, b2, y2[a:b]), xhat2)
     return mean, var, rstd
 
 
@@ -201,6 +262,51 @@ def _normalize_backward(gy, xhat, rstd, weight, axes, need, w_shape, b_shape, gx
         gw = _sum_over_broadcast(gy, xhat, w_shape)
     if need[2]:
         gb = _sum_over_broadcast(gy, None, b_shape)
+    return gw, gb
+
+
+def _sums_over_pooled_axes(shape, axes, *param_shapes):
+    """Whether each parameter shape (None: absent) broadcasts against ``shape`` along exactly the
+    pooled ``axes`` (batch norm's (C, 1) against (N, C, L)): its gradient is then a sum over them."""
+    pooled = {i for i in axes if shape[i] != 1}
+    for p in param_shapes:
+        if p is not None:
+            full = (1,) * (len(shape) - len(p)) + tuple(p)
+            if {i for i in range(len(shape)) if full[i] == 1 and shape[i] != 1} != pooled:
+                return False
+    return True
+
+
+# buys: two reductions instead of four, and the full-size passes over contiguous rows on two
+# threads (batch norm (64, 64, 14, 14) backward: benchmarks/README.md)
+def _batch_normalize_backward(gy, xhat, rstd, weight, need, w_shape, b_shape, gx):
+    """Normalize's backward for batch norm: gy, xhat (N, C, L) pooled over axes (0, 2), the
+    weight constant along them.
+
+    With c = rstd * weight constant there, mean(g) = c mean(gy) and mean(g xhat) = c mean(gy xhat):
+    the two means come from gy and are dbias and dweight as well (times the count), and
+
+        gx = (gy - mean(gy)) * c - xhat * (c * mean(gy xhat))
+
+    in passes over (N, C*L) rows with the coefficients as full rows (``_rows``), two halves on
+    two threads (``_in_halves``)."""
+    xp = backend.xp_of(gy)
+    N, C, L = shape = gy.shape
+    m_gy = _pooled_mean(gy, (0, 2)) if need[0] or need[2] else None
+    m_gyx = _pooled_mean(gy, (0, 2), xhat) if need[0] or need[1] else None
+    if need[0]:
+        c = rstd if weight is None else rstd * weight
+        m_row, c_row, k_row = _rows(m_gy, shape), _rows(c, shape), _rows(c * m_gyx, shape)
+        gy2, xhat2, gx2 = gy.reshape(N, C * L), xhat.reshape(N, C * L), gx.reshape(N, C * L)
+
+        def run(a, b):
+            g = xp.subtract(gy2[a:b], m_row, out=gx2[a:b])
+            g *= c_row
+            g -= xp.multiply(xhat2[a:b], k_row)
+        _in_halves(run, gy2)
+    count = gy.dtype.type(N * L)
+    gw = (m_gyx * count).reshape(w_shape) if need[1] else None
+    gb = (m_gy * count).reshape(b_shape) if need[2] else None
     return gw, gb
 
 
