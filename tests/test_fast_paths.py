@@ -478,17 +478,19 @@ def test_batch_norm_in_halves_equals_one_thread(shape, monkeypatch):
         assert np.array_equal(a, b)                    # the same entries, only cut in two
 
 
-def test_batch_norm_backward_takes_the_pooled_batch_path_and_group_norm_does_not(monkeypatch):
+def test_batch_and_group_norm_backwards_take_their_own_paths(monkeypatch):
     from minigen.functional import norm
     taken = []
-    original = norm._batch_normalize_backward
-    monkeypatch.setattr(norm, "_batch_normalize_backward",
-                        lambda *a: taken.append(1) or original(*a))
+    for name in ("_batch_normalize_backward", "_group_normalize_backward", "_normalize_backward"):
+        original = getattr(norm, name)
+        monkeypatch.setattr(norm, name, lambda *a, _f=original, _n=name: taken.append(_n) or _f(*a))
     x = mg.tensor(np.random.default_rng(0).standard_normal((4, 6, 3)), requires_grad=True)
     w = mg.tensor(np.ones(6), requires_grad=True)
     F.batch_norm(x, None, None, w, None, training=True).sum().backward()
-    assert taken == [1]
-    F.group_norm(x, 2, w).sum().backward()            # the weight varies inside a group: the general path
-    assert taken == [1]
+    assert taken == ["_batch_normalize_backward"]
+    F.group_norm(x, 2, w).sum().backward()
+    assert taken[1:] == ["_group_normalize_backward"]
+    F.layer_norm(x, 3, mg.tensor(np.ones(3), requires_grad=True)).sum().backward()
+    assert taken[2:] == ["_normalize_backward"]
     assert not norm._sums_over_pooled_axes((4, 6, 3), (0, 2), (6, 3), (6, 1))   # varies along a pooled axis
     assert norm._sums_over_pooled_axes((4, 6, 3), (0, 2), (6, 1), None)
