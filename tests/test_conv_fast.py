@@ -23,11 +23,11 @@ from helpers import tensor
 
 @pytest.fixture(autouse=True)
 def _restore_switches():
-    """Every test starts with the fast kernels on and the default chunk size."""
-    fast, chunk = cv.FAST_KERNELS, cv.CHUNK_BYTES
+    """Every test starts with the fast kernels on and the default chunk size and channel threshold."""
+    fast, chunk, small = cv.FAST_KERNELS, cv.CHUNK_BYTES, cv.SMALL_CHANNELS
     cv.FAST_KERNELS = True
     yield
-    cv.FAST_KERNELS, cv.CHUNK_BYTES = fast, chunk
+    cv.FAST_KERNELS, cv.CHUNK_BYTES, cv.SMALL_CHANNELS = fast, chunk, small
 
 
 def geometry(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
@@ -134,6 +134,38 @@ def test_weight_grad_chunked_matches_the_reference(conv, chunk, seed, fewer_rows
     assert_close(cv._conv_weight_grad_chunked(x, gy, geo, ws), cv._conv_weight_grad(x, gy, geo, ws))
 
 
+@settings(max_examples=60)
+@given(convs(), chunk_bytes, st.integers(0, 2**31 - 1), st.booleans())
+def test_small_channel_forward_matches_the_reference(conv, chunk, seed, bias):
+    xs, ws, geo, out = conv
+    rng = np.random.default_rng(seed)
+    x, w = rand(rng, xs), rand(rng, ws)
+    b = rand(rng, ws[0]) if bias else None
+    cv.CHUNK_BYTES = chunk
+    assert_close(cv._conv_forward_small(x, w, b, geo, out), cv._conv_forward(x, w, b, geo, out)[0])
+
+
+@settings(max_examples=60)
+@given(convs(), chunk_bytes, st.integers(0, 2**31 - 1), st.booleans())
+def test_small_channel_weight_grad_matches_the_reference(conv, chunk, seed, fewer_rows):
+    xs, ws, geo, out = conv
+    if fewer_rows and out[0] > 1:          # gy may cover fewer output rows than x allows
+        out = (out[0] - 1, out[1])
+    rng = np.random.default_rng(seed)
+    x, gy = rand(rng, xs), rand(rng, (xs[0], ws[0]) + out)
+    cv.CHUNK_BYTES = chunk
+    assert_close(cv._conv_weight_grad_small(x, gy, geo, ws), cv._conv_weight_grad(x, gy, geo, ws))
+
+
+def test_small_channel_taps_are_the_strided_slices():
+    x = np.arange(2 * 1 * 4 * 5, dtype=np.float64).reshape(2, 1, 4, 5)
+    geo = geometry(stride=(2, 1), padding=(1, 0))
+    [(n0, n, taps)] = list(cv._taps(x, 2, 3, geo, (2, 3), 1 << 20))
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))
+    assert (n0, n, taps.shape) == (0, 2, (2, 6, 6))
+    np.testing.assert_array_equal(taps[1, 1 * 3 + 2].reshape(2, 3), xp[1, 0, 1:4:2, 2:5])   # tap (1, 2)
+
+
 @pytest.mark.parametrize("xs, f, dilation", [((1, 3, 4, 7), 5, 1), ((4, 2, 3, 3), 1, 2)])
 def test_conv1x1_kernels_match_the_reference(xs, f, dilation):
     rng = np.random.default_rng(5)
@@ -187,9 +219,11 @@ CASES = [  # (x shape, w shape, keyword arguments)
 ]
 
 
+@pytest.mark.parametrize("small", [False, True], ids=["chunked", "small-channels"])
 @pytest.mark.parametrize("xs, ws, kw", CASES)
-def test_conv2d_fast_equals_reference_with_double_backward(xs, ws, kw):
+def test_conv2d_fast_equals_reference_with_double_backward(xs, ws, kw, small):
     cv.CHUNK_BYTES = 500          # several chunks, the last one short
+    cv.SMALL_CHANNELS = 4 if small else 0
     rng = np.random.default_rng(1)
     arrays = [rand(rng, xs), rand(rng, ws), rand(rng, ws[0])]
     fn = lambda x, w, b: F.conv2d(x, w, b, **kw)  # noqa: E731
@@ -202,14 +236,20 @@ def test_conv2d_fast_equals_reference_with_double_backward(xs, ws, kw):
     if ws[2:] == (1, 1) and not kw:
         assert after["conv1x1"] >= before["conv1x1"] + 3 and after["forward"] == before["forward"]
         return
+    if small:                     # forward and weight gradient (and their second derivatives)
+        assert after["small_channels"] >= before["small_channels"] + 2 and after["forward"] == before["forward"]
+        assert after["input_grad"] > before["input_grad"]
+        return
     assert all(after[k] > before[k] for k in ("forward", "input_grad", "weight_grad"))
 
 
 @pytest.mark.parametrize("k, kw", [(3, dict(padding=1)), (3, dict(padding=1, dilation=2, output_padding=1)),
                                    (3, dict(stride=2, padding=1, output_padding=1)),
                                    (1, dict()), (1, dict(dilation=2, output_padding=1))])
-def test_conv_transpose2d_fast_equals_reference_with_double_backward(k, kw):
+@pytest.mark.parametrize("small", [False, True], ids=["chunked", "small-channels"])
+def test_conv_transpose2d_fast_equals_reference_with_double_backward(k, kw, small):
     cv.CHUNK_BYTES = 500
+    cv.SMALL_CHANNELS = 4 if small else 0
     rng = np.random.default_rng(2)
     arrays = [rand(rng, (3, 4, 5, 6)), rand(rng, (4, 2, k, k)), rand(rng, 2)]
     fn = lambda x, w, b: F.conv_transpose2d(x, w, b, **kw)  # noqa: E731
@@ -219,7 +259,8 @@ def test_conv_transpose2d_fast_equals_reference_with_double_backward(k, kw):
     for a, b in zip(fast, ref):
         assert_close(a, b)
     after = _calls()
-    assert after["forward"] + after["conv1x1"] > before["forward"] + before["conv1x1"]
+    ran = ("forward", "conv1x1", "small_channels") if small else ("forward", "conv1x1")
+    assert sum(after[k] for k in ran) > sum(before[k] for k in ran)
 
 
 def test_groups_take_the_reference_kernels():
@@ -233,11 +274,14 @@ def test_groups_take_the_reference_kernels():
         assert_close(a, b)
 
 
-def test_fast_kernels_pass_gradgradcheck(float64):
+@pytest.mark.parametrize("small", [False, True], ids=["chunked", "small-channels"])
+def test_fast_kernels_pass_gradgradcheck(float64, small):
     cv.CHUNK_BYTES = 300
+    cv.SMALL_CHANNELS = 4 if small else 0
     rng = np.random.default_rng(4)
     x, w, b = (tensor(rand(rng, s), requires_grad=True) for s in ((3, 2, 5, 4), (3, 2, 3, 3), (3,)))
     before = _calls()
     gradgradcheck(lambda x, w, b: F.conv2d(x, w, b, padding=1), [x, w, b])
     after = _calls()
-    assert all(after[k] > before[k] for k in ("forward", "input_grad", "weight_grad"))
+    ran = ("small_channels", "input_grad") if small else ("forward", "input_grad", "weight_grad")
+    assert all(after[k] > before[k] for k in ran)

@@ -51,6 +51,9 @@ reference; ``FAST_KERNELS = False`` switches them off):
 * the input gradient of a stride-1 convolution is a gather, not a scatter:
   conv2d of the padded gy with the flipped kernel, in/out channels swapped;
 * a 1x1 convolution (stride 1, no padding) is one product, no im2col;
+* with few input channels (C <= SMALL_CHANNELS: image layers) the forward and the weight
+  gradient multiply by a "taps" matrix per image, (C*kh*kw, OH*OW), built from kh*kw strided
+  slices of the padded NCHW image: the forward's product lands in NCHW directly;
 * the batch is split over threads (``parallel.split_batch``: two on a two-core
   machine), each running its own range's chunks with a one-thread BLAS, so the
   copies and transposes between the products use both cores too.
@@ -71,6 +74,7 @@ from ..autograd import Function, Tensor, check_floating, is_grad_enabled
 from .. import backend
 from ..backend import xp_of
 from .linalg import sum_rows
+from . import parallel
 from .parallel import split_batch, sum_parts
 from .shape import GetItemGrad, reshape
 
@@ -239,7 +243,7 @@ def _conv_weight_grad(x, gy, geo, w_shape, cols=None, rows=None):
 FAST_KERNELS = True      # False: every convolution runs the reference kernels above
 CHUNK_BYTES = 16 << 20        # column buffer on one thread (4 and 16 MiB: best on W3/W4 at 2 BLAS threads; 64 MiB worse)
 SPLIT_CHUNK_BYTES = 1 << 20   # per thread when the batch is split (0.5-1 MiB best on W3; 16 MiB 11% slower)
-fast_calls = {"forward": 0, "input_grad": 0, "weight_grad": 0, "conv1x1": 0}   # how often each fast kernel ran
+fast_calls = {"forward": 0, "input_grad": 0, "weight_grad": 0, "conv1x1": 0, "small_channels": 0}   # how often each fast kernel ran
 
 
 def _use_fast(geo, *arrays):
@@ -437,6 +441,74 @@ def _is_1x1(w_shape, geo, hw_a, hw_b):
             and tuple(hw_a) == tuple(hw_b))
 
 
+# buys: for few input channels (image layers, C = 1, 3, 4) the products W (F, C*kh*kw) @ taps
+# (C*kh*kw, OH*OW) land in NCHW directly: no im2col copy of kw*C-entry runs, no transpose of the
+# output (W2's first layer forward 1.18 -> 0.70 ms, W3's stem 1.81 -> 0.59 ms: benchmarks/README.md)
+SMALL_CHANNELS = 4   # input channels up to this take the small-channel kernels
+SMALL_SPLIT_MACS = 1 << 25   # multiply-adds below which they run on one thread (W3's stem, 1.4e7: 0.57 ms whole, 0.82 split)
+
+
+def _small_split(run, N, macs):
+    """split_batch(run, N, ...) for the small-channel kernels, whose work is judged by multiply-adds."""
+    return split_batch(run, N, N if macs < SMALL_SPLIT_MACS else parallel.MIN_SPLIT_SIZE)
+
+
+def _taps(x, kh, kw, geo, out_hw, chunk_bytes):
+    """Yield (n0, n, taps): taps (n, C*kh*kw, OH*OW) for images n0..n0+n-1 of x (NCHW), the rows
+    ordered (c, i, j) like w.reshape(F, -1); row (c, i, j) is the strided slice of the zero-padded
+    image that tap (i, j) of channel c reads.  Buffers are reused: a chunk's taps are valid until
+    the next one."""
+    N, C, H, W = x.shape
+    (sh, sw), (ph, pw), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    OH, OW = out_hw
+    step = max(1, min(N, chunk_bytes // (C * kh * kw * OH * OW * x.itemsize)))
+    padded = np.zeros((step, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)      # the border stays 0
+    taps = np.empty((step, C, kh, kw, OH, OW), dtype=x.dtype)
+    for n0 in range(0, N, step):
+        n = min(step, N - n0)
+        padded[:n, :, ph:ph + H, pw:pw + W] = x[n0:n0 + n]
+        for i in range(kh):
+            for j in range(kw):
+                taps[:n, :, i, j] = padded[:n, :, i * dh:i * dh + sh * (OH - 1) + 1:sh,
+                                           j * dw:j * dw + sw * (OW - 1) + 1:sw]
+        yield n0, n, taps[:n].reshape(n, C * kh * kw, OH * OW)
+
+
+def _conv_forward_small(x, w, b, geo, out_hw):
+    """_conv_forward (groups 1, NumPy, C <= SMALL_CHANNELS): y[n] (F, OH*OW) = W (F, K) @ taps[n]."""
+    N = x.shape[0]
+    F, C, kh, kw = w.shape
+    Q = out_hw[0] * out_hw[1]
+    wm = w.reshape(F, C * kh * kw)
+    y = np.empty((N, F, Q), dtype=np.result_type(x, w))
+
+    def run(a, b_):
+        for n0, n, taps in _taps(x[a:b_], kh, kw, geo, out_hw, _chunk_bytes(b_ - a < N)):
+            np.matmul(wm, taps, out=y[a + n0:a + n0 + n])
+    _small_split(run, N, N * Q * C * kh * kw * F)
+    if b is not None:
+        y += b.reshape(1, F, 1)
+    fast_calls["small_channels"] += 1
+    return y.reshape((N, F) + tuple(out_hw))
+
+
+def _conv_weight_grad_small(x, gy, geo, w_shape):
+    """_conv_weight_grad (groups 1, NumPy, C <= SMALL_CHANNELS): gW (F, K) = sum_n gy[n] (F, OH*OW) @ taps[n]^T."""
+    N = x.shape[0]
+    F, C, kh, kw = w_shape
+    Q = gy.shape[2] * gy.shape[3]
+    gyq = gy.reshape(N, F, Q)
+
+    def run(a, b):     # this range's share of gW
+        gw = np.zeros((F, C * kh * kw), dtype=np.result_type(x, gy))
+        for n0, n, taps in _taps(x[a:b], kh, kw, geo, gy.shape[2:], _chunk_bytes(b - a < N)):
+            gw += np.matmul(gyq[a + n0:a + n0 + n], taps.transpose(0, 2, 1)).sum(0)
+        return gw
+    gw = sum_parts(_small_split(run, N, N * Q * C * kh * kw * F))
+    fast_calls["small_channels"] += 1
+    return gw.reshape(w_shape)
+
+
 # dispatch: the fast kernel where it applies, the reference kernel otherwise
 
 def _forward(x, w, b, geo, out_hw):
@@ -444,6 +516,8 @@ def _forward(x, w, b, geo, out_hw):
     if _use_fast(geo, x, w):
         if _is_1x1(w.shape, geo, x.shape[2:], out_hw):
             return _conv1x1_forward(x, w, b), None
+        if w.shape[1] <= SMALL_CHANNELS:
+            return _conv_forward_small(x, w, b, geo, out_hw), None
         return _conv_forward_chunked(x, w, b, geo, out_hw), None
     return _conv_forward(x, w, b, geo, out_hw)
 
@@ -462,6 +536,8 @@ def _weight_grad(x, gy, geo, w_shape, cols=None, rows=None):
     if cols is None and _use_fast(geo, x, gy):
         if _is_1x1(w_shape, geo, x.shape[2:], gy.shape[2:]):
             return _conv1x1_weight_grad(x, gy)
+        if w_shape[1] <= SMALL_CHANNELS:
+            return _conv_weight_grad_small(x, gy, geo, w_shape)
         return _conv_weight_grad_chunked(x, gy, geo, w_shape)
     return _conv_weight_grad(x, gy, geo, w_shape, cols, rows)
 
