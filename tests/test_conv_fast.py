@@ -157,10 +157,43 @@ def test_small_channel_weight_grad_matches_the_reference(conv, chunk, seed, fewe
     assert_close(cv._conv_weight_grad_small(x, gy, geo, ws), cv._conv_weight_grad(x, gy, geo, ws))
 
 
+@settings(max_examples=60)
+@given(convs(stride_one=True), chunk_bytes, st.integers(0, 2**31 - 1))
+def test_small_channel_input_grad_matches_col2im(conv, chunk, seed):
+    xs, ws, geo, out = conv
+    rng = np.random.default_rng(seed)
+    gy, w = rand(rng, (xs[0], ws[0]) + out), rand(rng, ws)
+    cv.CHUNK_BYTES = chunk
+    assert_close(cv._conv_input_grad_small(gy, w, geo, xs), cv._conv_input_grad(gy, w, geo, xs))
+
+
+@settings(max_examples=60)
+@given(convs(stride_one=True), chunk_bytes, st.integers(0, 2**31 - 1), st.booleans())
+def test_few_output_forward_matches_the_reference(conv, chunk, seed, bias):
+    xs, ws, geo, out = conv
+    rng = np.random.default_rng(seed)
+    x, w = rand(rng, xs), rand(rng, ws)
+    b = rand(rng, ws[0]) if bias else None
+    cv.CHUNK_BYTES = chunk
+    assert_close(cv._conv_forward_few(x, w, b, geo, out), cv._conv_forward(x, w, b, geo, out)[0])
+
+
+@settings(max_examples=60)
+@given(convs(stride_one=True), chunk_bytes, st.integers(0, 2**31 - 1), st.booleans())
+def test_few_output_weight_grad_matches_the_reference(conv, chunk, seed, fewer_rows):
+    xs, ws, geo, out = conv
+    if fewer_rows and out[0] > 1:          # gy may cover fewer output rows than x allows
+        out = (out[0] - 1, out[1])
+    rng = np.random.default_rng(seed)
+    x, gy = rand(rng, xs), rand(rng, (xs[0], ws[0]) + out)
+    cv.CHUNK_BYTES = chunk
+    assert_close(cv._conv_weight_grad_few(x, gy, geo, ws), cv._conv_weight_grad(x, gy, geo, ws))
+
+
 def test_small_channel_taps_are_the_strided_slices():
     x = np.arange(2 * 1 * 4 * 5, dtype=np.float64).reshape(2, 1, 4, 5)
     geo = geometry(stride=(2, 1), padding=(1, 0))
-    [(n0, n, taps)] = list(cv._taps(x, 2, 3, geo, (2, 3), 1 << 20))
+    [(n0, n, taps)] = list(cv._taps(x, (1, 1, 0, 0), 2, 3, geo.stride, geo.dilation, (2, 3), 1 << 20))
     xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))
     assert (n0, n, taps.shape) == (0, 2, (2, 6, 6))
     np.testing.assert_array_equal(taps[1, 1 * 3 + 2].reshape(2, 3), xp[1, 0, 1:4:2, 2:5])   # tap (1, 2)
@@ -216,6 +249,8 @@ CASES = [  # (x shape, w shape, keyword arguments)
     ((3, 2, 5, 5), (3, 2, 1, 1), dict(padding=1)),                       # padding beyond the kernel reach
     ((3, 4, 5, 3), (6, 4, 1, 1), dict()),                                # 1x1: a plain product per image
     ((3, 4, 5, 3), (6, 4, 1, 1), dict(stride=2)),                        # 1x1 strided: the im2col kernels
+    ((3, 6, 7, 6), (2, 6, 3, 3), dict(padding=1)),                       # few outputs (a last layer)
+    ((2, 5, 6, 7), (1, 5, 3, 2), dict(padding=(2, 0), dilation=(2, 1))),
 ]
 
 
@@ -237,8 +272,11 @@ def test_conv2d_fast_equals_reference_with_double_backward(xs, ws, kw, small):
         assert after["conv1x1"] >= before["conv1x1"] + 3 and after["forward"] == before["forward"]
         return
     if small:                     # forward and weight gradient (and their second derivatives)
-        assert after["small_channels"] >= before["small_channels"] + 2 and after["forward"] == before["forward"]
-        assert after["input_grad"] > before["input_grad"]
+        ran = ("small_channels", "few_outputs")
+        assert sum(after[k] for k in ran) >= sum(before[k] for k in ran) + 2
+        assert after["forward"] == before["forward"] and after["weight_grad"] == before["weight_grad"]
+        if xs[1] > 4:             # C > SMALL_CHANNELS >= F
+            assert after["few_outputs"] >= before["few_outputs"] + 2
         return
     assert all(after[k] > before[k] for k in ("forward", "input_grad", "weight_grad"))
 
@@ -283,5 +321,5 @@ def test_fast_kernels_pass_gradgradcheck(float64, small):
     before = _calls()
     gradgradcheck(lambda x, w, b: F.conv2d(x, w, b, padding=1), [x, w, b])
     after = _calls()
-    ran = ("small_channels", "input_grad") if small else ("forward", "input_grad", "weight_grad")
+    ran = ("small_channels",) if small else ("forward", "input_grad", "weight_grad")
     assert all(after[k] > before[k] for k in ran)

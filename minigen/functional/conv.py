@@ -53,7 +53,10 @@ reference; ``FAST_KERNELS = False`` switches them off):
 * a 1x1 convolution (stride 1, no padding) is one product per image, no im2col;
 * with few input channels (C <= SMALL_CHANNELS: image layers) the forward and the weight
   gradient multiply by a "taps" matrix per image, (C*kh*kw, OH*OW), built from kh*kw strided
-  slices of the padded NCHW image: the forward's product lands in NCHW directly;
+  slices of the padded NCHW image: the forward's product lands in NCHW directly; the same
+  kernel gives the stride-1 input gradient of a layer with few output channels (its gather);
+* with few output channels (a last layer, stride 1) one product per image computes every tap's
+  plane at once from the padded image, and the planes are added at their shifts;
 * the batch is split over threads (``parallel.split_batch``: two on a two-core
   machine), each running its own range's chunks with a one-thread BLAS, so the
   copies and transposes between the products use both cores too.
@@ -243,7 +246,7 @@ def _conv_weight_grad(x, gy, geo, w_shape, cols=None, rows=None):
 FAST_KERNELS = True      # False: every convolution runs the reference kernels above
 CHUNK_BYTES = 16 << 20        # column buffer on one thread (4 and 16 MiB: best on W3/W4 at 2 BLAS threads; 64 MiB worse)
 SPLIT_CHUNK_BYTES = 1 << 20   # per thread when the batch is split (0.5-1 MiB best on W3; 16 MiB 11% slower)
-fast_calls = {"forward": 0, "input_grad": 0, "weight_grad": 0, "conv1x1": 0, "small_channels": 0}   # how often each fast kernel ran
+fast_calls = {"forward": 0, "input_grad": 0, "weight_grad": 0, "conv1x1": 0, "small_channels": 0, "few_outputs": 0}   # how often each fast kernel ran
 
 
 def _use_fast(geo, *arrays):
@@ -449,20 +452,23 @@ def _small_split(run, N, macs):
     return split_batch(run, N, N if macs < SMALL_SPLIT_MACS else parallel.MIN_SPLIT_SIZE)
 
 
-def _taps(x, kh, kw, geo, out_hw, chunk_bytes):
-    """Yield (n0, n, taps): taps (n, C*kh*kw, OH*OW) for images n0..n0+n-1 of x (NCHW), the rows
-    ordered (c, i, j) like w.reshape(F, -1); row (c, i, j) is the strided slice of the zero-padded
-    image that tap (i, j) of channel c reads.  Buffers are reused: a chunk's taps are valid until
-    the next one."""
+def _taps(x, pads, kh, kw, stride, dilation, out_hw, chunk_bytes):
+    """Yield (n0, n, taps): taps (n, C*kh*kw, OH*OW) for images n0..n0+n-1 of x (NCHW) zero padded
+    by ``pads`` = (top, bottom, left, right) (negative: crop), the rows ordered (c, i, j) like
+    w.reshape(F, -1); row (c, i, j) is the strided slice of the padded image that tap (i, j) of
+    channel c reads.  Buffers are reused: a chunk's taps are valid until the next one."""
     N, C, H, W = x.shape
-    (sh, sw), (ph, pw), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    top, bottom, left, right = pads
+    (sh, sw), (dh, dw) = stride, dilation
     OH, OW = out_hw
     step = max(1, min(N, chunk_bytes // (C * kh * kw * OH * OW * x.itemsize)))
-    padded = np.zeros((step, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)      # the border stays 0
+    padded = np.zeros((step, C, H + top + bottom, W + left + right), dtype=x.dtype)   # the border stays 0
+    src = x[:, :, max(0, -top):H - max(0, -bottom), max(0, -left):W - max(0, -right)]
+    r, c = max(0, top), max(0, left)
     taps = np.empty((step, C, kh, kw, OH, OW), dtype=x.dtype)
     for n0 in range(0, N, step):
         n = min(step, N - n0)
-        padded[:n, :, ph:ph + H, pw:pw + W] = x[n0:n0 + n]
+        padded[:n, :, r:r + src.shape[2], c:c + src.shape[3]] = src[n0:n0 + n]
         for i in range(kh):
             for j in range(kw):
                 taps[:n, :, i, j] = padded[:n, :, i * dh:i * dh + sh * (OH - 1) + 1:sh,
@@ -470,22 +476,46 @@ def _taps(x, kh, kw, geo, out_hw, chunk_bytes):
         yield n0, n, taps[:n].reshape(n, C * kh * kw, OH * OW)
 
 
+def _conv_nchw_small_into(x, pads, wm, kh, kw, stride, dilation, out_hw):
+    """y (N, F, OH, OW) = conv of x (NCHW, few channels, zero padded by ``pads``) with wm (F, C*kh*kw),
+    columns ordered (c, i, j): y[n] = wm @ taps[n], one product per image."""
+    N = x.shape[0]
+    F = wm.shape[0]
+    Q = out_hw[0] * out_hw[1]
+    y = np.empty((N, F, Q), dtype=np.result_type(x, wm))
+
+    def run(a, b):
+        for n0, n, taps in _taps(x[a:b], pads, kh, kw, stride, dilation, out_hw, _chunk_bytes(b - a < N)):
+            np.matmul(wm, taps, out=y[a + n0:a + n0 + n])
+    _small_split(run, N, N * Q * wm.shape[1] * F)
+    return y.reshape((N, F) + tuple(out_hw))
+
+
 def _conv_forward_small(x, w, b, geo, out_hw):
     """_conv_forward (groups 1, NumPy, C <= SMALL_CHANNELS): y[n] (F, OH*OW) = W (F, K) @ taps[n]."""
-    N = x.shape[0]
     F, C, kh, kw = w.shape
-    Q = out_hw[0] * out_hw[1]
-    wm = w.reshape(F, C * kh * kw)
-    y = np.empty((N, F, Q), dtype=np.result_type(x, w))
-
-    def run(a, b_):
-        for n0, n, taps in _taps(x[a:b_], kh, kw, geo, out_hw, _chunk_bytes(b_ - a < N)):
-            np.matmul(wm, taps, out=y[a + n0:a + n0 + n])
-    _small_split(run, N, N * Q * C * kh * kw * F)
+    (ph, pw) = geo.padding
+    y = _conv_nchw_small_into(x, (ph, ph, pw, pw), w.reshape(F, C * kh * kw), kh, kw, geo.stride, geo.dilation,
+                              out_hw)
     if b is not None:
-        y += b.reshape(1, F, 1)
+        y += b.reshape(1, F, 1, 1)
     fast_calls["small_channels"] += 1
-    return y.reshape((N, F) + tuple(out_hw))
+    return y
+
+
+def _conv_input_grad_small(gy, w, geo, x_shape):
+    """_conv_input_grad for stride 1 and few output channels of the convolution (F <= SMALL_CHANNELS):
+    the gather of ``_conv_input_grad_gather`` (conv of the padded gy with the flipped kernel, in and
+    out channels swapped) with gy's F channels as the small-channel kernel's input."""
+    N, C, H, W = x_shape
+    F, _, kh, kw = w.shape
+    (dh, dw), (ph, pw) = geo.dilation, geo.padding
+    OH, OW = gy.shape[2:]
+    top, left = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+    pads = (top, H + dh * (kh - 1) - top - OH, left, W + dw * (kw - 1) - left - OW)
+    wm = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(C, F * kh * kw)
+    fast_calls["small_channels"] += 1
+    return _conv_nchw_small_into(gy, pads, wm, kh, kw, (1, 1), geo.dilation, (H, W))
 
 
 def _conv_weight_grad_small(x, gy, geo, w_shape):
@@ -497,12 +527,83 @@ def _conv_weight_grad_small(x, gy, geo, w_shape):
 
     def run(a, b):     # this range's share of gW
         gw = np.zeros((F, C * kh * kw), dtype=np.result_type(x, gy))
-        for n0, n, taps in _taps(x[a:b], kh, kw, geo, gy.shape[2:], _chunk_bytes(b - a < N)):
+        for n0, n, taps in _taps(x[a:b], (geo.padding[0],) * 2 + (geo.padding[1],) * 2, kh, kw, geo.stride,
+                                  geo.dilation, gy.shape[2:], _chunk_bytes(b - a < N)):
             gw += np.matmul(gyq[a + n0:a + n0 + n], taps.transpose(0, 2, 1)).sum(0)
         return gw
     gw = sum_parts(_small_split(run, N, N * Q * C * kh * kw * F))
     fast_calls["small_channels"] += 1
     return gw.reshape(w_shape)
+
+
+# buys: for few output channels (a network's last layer, F <= SMALL_CHANNELS) one product per
+# image reads the padded image once for all kh*kw taps, Z = W_taps (kh*kw*F, C) @ xpad (C, Hp*Wp),
+# and the taps' planes are added at their shifts: no im2col of kh*kw times the input for F = 1
+# (W6's last layer (256, 32, 28, 28) -> 1: forward 14.5 -> 5.0 ms: benchmarks/README.md)
+def _few_geometry(x_shape, geo):
+    (ph, pw) = geo.padding
+    return x_shape[2] + 2 * ph, x_shape[3] + 2 * pw
+
+
+def _conv_forward_few(x, w, b, geo, out_hw):
+    """_conv_forward (groups 1, NumPy, stride 1, F <= SMALL_CHANNELS):
+    y[n, f] = sum_{i,j} Z[n, (i, j, f)] shifted by (i d, j d),  Z[n] = W_taps @ xpad[n] (C, Hp*Wp)."""
+    N, C, H, W = x.shape
+    F, _, kh, kw = w.shape
+    (ph, pw), (dh, dw) = geo.padding, geo.dilation
+    OH, OW = out_hw
+    Hp, Wp = _few_geometry(x.shape, geo)
+    wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw * F, C)   # rows (i, j, f)
+    y = np.empty((N, F, OH, OW), dtype=np.result_type(x, w))
+
+    def run(a, b_):
+        step = max(1, min(b_ - a, _chunk_bytes(b_ - a < N) // ((C + kh * kw * F) * Hp * Wp * x.itemsize)))
+        padded = np.zeros((step, C, Hp, Wp), dtype=x.dtype)                    # the border stays 0
+        z = np.empty((step, kh * kw * F, Hp * Wp), dtype=y.dtype)
+        for n0 in range(a, b_, step):
+            n = min(step, b_ - n0)
+            padded[:n, :, ph:ph + H, pw:pw + W] = x[n0:n0 + n]
+            np.matmul(wt, padded[:n].reshape(n, C, Hp * Wp), out=z[:n])
+            planes = z[:n].reshape(n, kh, kw, F, Hp, Wp)
+            out = y[n0:n0 + n]
+            out[...] = planes[:, 0, 0, :, :OH, :OW]
+            for i in range(kh):
+                for j in range(kw):
+                    if i or j:
+                        out += planes[:, i, j, :, i * dh:i * dh + OH, j * dw:j * dw + OW]
+    split_batch(run, N, x.size)
+    if b is not None:
+        y += b.reshape(1, F, 1, 1)
+    fast_calls["few_outputs"] += 1
+    return y
+
+
+def _conv_weight_grad_few(x, gy, geo, w_shape):
+    """_conv_weight_grad (groups 1, NumPy, stride 1, F <= SMALL_CHANNELS), the adjoint of the above:
+    gy placed at each tap's shift in a zero plane, gZ[n] (kh*kw*F, Hp*Wp), and gW_taps = sum_n gZ[n] @ xpad[n]^T."""
+    N, C, H, W = x.shape
+    F, _, kh, kw = w_shape
+    (ph, pw), (dh, dw) = geo.padding, geo.dilation
+    OH, OW = gy.shape[2:]
+    Hp, Wp = _few_geometry(x.shape, geo)
+
+    def run(a, b):     # this range's share of gW
+        step = max(1, min(b - a, _chunk_bytes(b - a < N) // ((C + kh * kw * F) * Hp * Wp * x.itemsize)))
+        padded = np.zeros((step, C, Hp, Wp), dtype=x.dtype)
+        gz = np.zeros((step, kh, kw, F, Hp, Wp), dtype=gy.dtype)              # zero outside each shift
+        gw = np.zeros((kh * kw * F, C), dtype=np.result_type(x, gy))
+        for n0 in range(a, b, step):
+            n = min(step, b - n0)
+            padded[:n, :, ph:ph + H, pw:pw + W] = x[n0:n0 + n]
+            for i in range(kh):
+                for j in range(kw):
+                    gz[:n, i, j, :, i * dh:i * dh + OH, j * dw:j * dw + OW] = gy[n0:n0 + n]
+            gw += np.matmul(gz[:n].reshape(n, kh * kw * F, Hp * Wp),
+                            padded[:n].reshape(n, C, Hp * Wp).transpose(0, 2, 1)).sum(0)
+        return gw
+    gw = sum_parts(split_batch(run, N, x.size))
+    fast_calls["few_outputs"] += 1
+    return np.ascontiguousarray(gw.reshape(kh, kw, F, C).transpose(2, 3, 0, 1))
 
 
 # dispatch: the fast kernel where it applies, the reference kernel otherwise
@@ -514,6 +615,8 @@ def _forward(x, w, b, geo, out_hw):
             return _conv1x1_forward(x, w, b), None
         if w.shape[1] <= SMALL_CHANNELS:
             return _conv_forward_small(x, w, b, geo, out_hw), None
+        if w.shape[0] <= SMALL_CHANNELS and geo.stride == (1, 1):
+            return _conv_forward_few(x, w, b, geo, out_hw), None
         return _conv_forward_chunked(x, w, b, geo, out_hw), None
     return _conv_forward(x, w, b, geo, out_hw)
 
@@ -522,6 +625,8 @@ def _input_grad(gy, w, geo, x_shape, rows=None):
     if _use_fast(geo, gy, w) and geo.stride == (1, 1):
         if _is_1x1(w.shape, geo, gy.shape[2:], x_shape[2:]):
             return _conv1x1_input_grad(gy, w)
+        if w.shape[0] <= SMALL_CHANNELS:
+            return _conv_input_grad_small(gy, w, geo, x_shape)
         return _conv_input_grad_gather(gy, w, geo, x_shape)
     if _use_fast(geo, gy, w):
         return _conv_input_grad_chunked(gy, w, geo, x_shape)
@@ -534,6 +639,8 @@ def _weight_grad(x, gy, geo, w_shape, cols=None, rows=None):
             return _conv1x1_weight_grad(x, gy)
         if w_shape[1] <= SMALL_CHANNELS:
             return _conv_weight_grad_small(x, gy, geo, w_shape)
+        if w_shape[0] <= SMALL_CHANNELS and geo.stride == (1, 1):
+            return _conv_weight_grad_few(x, gy, geo, w_shape)
         return _conv_weight_grad_chunked(x, gy, geo, w_shape)
     return _conv_weight_grad(x, gy, geo, w_shape, cols, rows)
 
