@@ -2,7 +2,10 @@
 
 minigen/functional/conv.py keeps the plain im2col kernels as the reference and
 runs batch-chunked kernels beside them on NumPy (``_conv_forward_chunked``,
-``_conv_input_grad_gather``, ``_conv_weight_grad_chunked``).  Here each fast
+``_conv_input_grad_gather``, ``_conv_weight_grad_chunked``), per-image products for 1x1
+layers, for few input channels (``_conv_forward_small``, ``_conv_weight_grad_small``,
+``_conv_input_grad_small``) and for few output channels (``_conv_forward_few``,
+``_conv_weight_grad_few``).  Here each fast
 kernel is called directly and compared with its reference in float64 over
 strides, paddings, dilations, odd and non-square sizes, batch 1 and chunk
 boundaries (a batch that the chunk size does not divide); then the public

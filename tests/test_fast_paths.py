@@ -1,6 +1,7 @@
 """Fast paths beside their readable references: two-thread elementwise chains
-(``F.math.split_elementwise``) and the paths that use them (Adam, SiLU, tanh GELU), and
-``linear``'s plain backward on arrays.
+(``F.math.split_elementwise``) and the paths that use them (Adam, SiLU, tanh GELU,
+LeakyReLU), ``linear``'s and the norms' plain backward on arrays (batch and group norm's from
+two reductions, batch norm's passes in halves), and the other fast paths further down.
 
 The split runs an in-place elementwise chain on the two halves of the flattened arrays, one
 half on a pool thread.  Elementwise arithmetic does not depend on where the arrays are cut,

@@ -77,7 +77,6 @@ from ..autograd import Function, Tensor, check_floating, is_grad_enabled
 from .. import backend
 from ..backend import xp_of
 from .linalg import sum_rows
-from . import parallel
 from .parallel import split_batch, sum_parts
 from .shape import GetItemGrad, reshape
 
@@ -444,12 +443,13 @@ def _is_1x1(w_shape, geo, hw_a, hw_b):
 # (C*kh*kw, OH*OW) land in NCHW directly: no im2col copy of kw*C-entry runs, no transpose of the
 # output (W2's first layer forward 1.18 -> 0.70 ms, W3's stem 1.81 -> 0.59 ms: benchmarks/README.md)
 SMALL_CHANNELS = 4   # input channels up to this take the small-channel kernels
-SMALL_SPLIT_MACS = 1 << 25   # multiply-adds below which they run on one thread (W3's stem, 1.4e7: 0.57 ms whole, 0.82 split)
+MACS_PER_WORK = 128  # they tell split_batch their work as multiply-adds / 128: its threshold (2^18) is then
+                     # 2^25 multiply-adds (W3's stem, 1.4e7, took 0.57 ms on one thread, 0.82 ms split)
 
 
 def _small_split(run, N, macs):
-    """split_batch(run, N, ...) for the small-channel kernels, whose work is judged by multiply-adds."""
-    return split_batch(run, N, N if macs < SMALL_SPLIT_MACS else parallel.MIN_SPLIT_SIZE)
+    """split_batch for the small-channel kernels: ``macs`` multiply-adds over N images."""
+    return split_batch(run, N, macs // MACS_PER_WORK)
 
 
 def _taps(x, pads, kh, kw, stride, dilation, out_hw, chunk_bytes):

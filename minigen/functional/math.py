@@ -501,10 +501,12 @@ def relu(x):
 
 
 class LeakyReLU(Function):
-    """y = x for x > 0, a x otherwise (a = negative_slope);  dx = gy * (1 or a).
+    """y = x for x > 0, a x otherwise (a = negative_slope);  dx = gy * (1 where x > 0, a elsewhere).
 
     DCGAN's discriminator uses a = 0.2 (notes §3.3).  The derivative mask is a
-    constant in x's dtype, as for relu.
+    constant in x's dtype, as for relu.  For 0 < a <= 1, y = max(x, a x) and the mask
+    is max(sign(x), a) (sign(0) = 0, so the kink x = 0 gets a, as in PyTorch); other
+    slopes build the mask from x > 0 as written above.
     """
 
     def __init__(self, negative_slope):
