@@ -83,114 +83,64 @@ def test_chunks_cover_a_batch_the_chunk_size_does_not_divide():
         np.testing.assert_array_equal(cols, whole[n0:n0 + n])
 
 
+# each fast kernel: (function, whether it needs stride 1)
+FORWARD_KERNELS = {"chunked": (cv._conv_forward_chunked, False), "small-channels": (cv._conv_forward_small, False),
+                   "few-outputs": (cv._conv_forward_few, True)}
+INPUT_GRAD_KERNELS = {"gather": (cv._conv_input_grad_gather, True), "chunked": (cv._conv_input_grad_chunked, False),
+                      "small-channels": (cv._conv_input_grad_small, True)}
+WEIGHT_GRAD_KERNELS = {"chunked": (cv._conv_weight_grad_chunked, False),
+                       "small-channels": (cv._conv_weight_grad_small, False),
+                       "few-outputs": (cv._conv_weight_grad_few, True)}
+
+
+@pytest.mark.parametrize("kernel", sorted(FORWARD_KERNELS))
 @settings(max_examples=60)
-@given(convs(), chunk_bytes, st.integers(0, 2**31 - 1), st.booleans())
-def test_forward_chunked_matches_the_reference(conv, chunk, seed, bias):
-    xs, ws, geo, out = conv
+@given(st.data(), chunk_bytes, st.integers(0, 2**31 - 1), st.booleans())
+def test_forward_kernels_match_the_reference(kernel, data, chunk, seed, bias):
+    fn, stride_one = FORWARD_KERNELS[kernel]
+    xs, ws, geo, out = data.draw(convs(stride_one=stride_one))
     rng = np.random.default_rng(seed)
     x, w = rand(rng, xs), rand(rng, ws)
     b = rand(rng, ws[0]) if bias else None
     cv.CHUNK_BYTES = chunk
-    assert_close(cv._conv_forward_chunked(x, w, b, geo, out), cv._conv_forward(x, w, b, geo, out)[0])
+    assert_close(fn(x, w, b, geo, out), cv._conv_forward(x, w, b, geo, out)[0])
 
 
+@pytest.mark.parametrize("kernel", sorted(INPUT_GRAD_KERNELS))
 @settings(max_examples=60)
-@given(convs(stride_one=True), chunk_bytes, st.integers(0, 2**31 - 1))
-def test_input_grad_gather_matches_col2im(conv, chunk, seed):
-    xs, ws, geo, out = conv
+@given(st.data(), chunk_bytes, st.integers(0, 2**31 - 1))
+def test_input_grad_kernels_match_col2im(kernel, data, chunk, seed):
+    fn, stride_one = INPUT_GRAD_KERNELS[kernel]
+    xs, ws, geo, out = data.draw(convs(stride_one=stride_one))
     rng = np.random.default_rng(seed)
     gy, w = rand(rng, (xs[0], ws[0]) + out), rand(rng, ws)
     cv.CHUNK_BYTES = chunk
-    assert_close(cv._conv_input_grad_gather(gy, w, geo, xs), cv._conv_input_grad(gy, w, geo, xs))
-
-
-@settings(max_examples=60)
-@given(convs(), chunk_bytes, st.integers(0, 2**31 - 1))
-def test_input_grad_chunked_matches_col2im(conv, chunk, seed):
-    xs, ws, geo, out = conv
-    rng = np.random.default_rng(seed)
-    gy, w = rand(rng, (xs[0], ws[0]) + out), rand(rng, ws)
-    cv.CHUNK_BYTES = chunk
-    assert_close(cv._conv_input_grad_chunked(gy, w, geo, xs), cv._conv_input_grad(gy, w, geo, xs))
+    assert_close(fn(gy, w, geo, xs), cv._conv_input_grad(gy, w, geo, xs))
 
 
 @pytest.mark.parametrize("out_pad", [1, 2])
-def test_input_grad_gather_with_output_padding(out_pad):
+def test_input_grad_kernels_with_output_padding(out_pad):
     """conv_transpose2d, stride 1, dilation 3: output_padding makes the image taller than gy's reach."""
     rng = np.random.default_rng(out_pad)
     geo = geometry(padding=(1, 2), dilation=(3, 3))
     gy, w = rand(rng, (3, 2, 5, 4)), rand(rng, (2, 3, 2, 3))
     x_shape = (3, 3, 5 - 2 + 3 + out_pad, 4 - 4 + 6 + out_pad)
-    assert_close(cv._conv_input_grad_gather(gy, w, geo, x_shape), cv._conv_input_grad(gy, w, geo, x_shape))
-    assert_close(cv._conv_input_grad_chunked(gy, w, geo, x_shape), cv._conv_input_grad(gy, w, geo, x_shape))
+    for fn, _ in INPUT_GRAD_KERNELS.values():
+        assert_close(fn(gy, w, geo, x_shape), cv._conv_input_grad(gy, w, geo, x_shape))
 
 
+@pytest.mark.parametrize("kernel", sorted(WEIGHT_GRAD_KERNELS))
 @settings(max_examples=60)
-@given(convs(), chunk_bytes, st.integers(0, 2**31 - 1), st.booleans())
-def test_weight_grad_chunked_matches_the_reference(conv, chunk, seed, fewer_rows):
-    xs, ws, geo, out = conv
+@given(st.data(), chunk_bytes, st.integers(0, 2**31 - 1), st.booleans())
+def test_weight_grad_kernels_match_the_reference(kernel, data, chunk, seed, fewer_rows):
+    fn, stride_one = WEIGHT_GRAD_KERNELS[kernel]
+    xs, ws, geo, out = data.draw(convs(stride_one=stride_one))
     if fewer_rows and out[0] > 1:          # gy may cover fewer output rows than x allows
         out = (out[0] - 1, out[1])
     rng = np.random.default_rng(seed)
     x, gy = rand(rng, xs), rand(rng, (xs[0], ws[0]) + out)
     cv.CHUNK_BYTES = chunk
-    assert_close(cv._conv_weight_grad_chunked(x, gy, geo, ws), cv._conv_weight_grad(x, gy, geo, ws))
-
-
-@settings(max_examples=60)
-@given(convs(), chunk_bytes, st.integers(0, 2**31 - 1), st.booleans())
-def test_small_channel_forward_matches_the_reference(conv, chunk, seed, bias):
-    xs, ws, geo, out = conv
-    rng = np.random.default_rng(seed)
-    x, w = rand(rng, xs), rand(rng, ws)
-    b = rand(rng, ws[0]) if bias else None
-    cv.CHUNK_BYTES = chunk
-    assert_close(cv._conv_forward_small(x, w, b, geo, out), cv._conv_forward(x, w, b, geo, out)[0])
-
-
-@settings(max_examples=60)
-@given(convs(), chunk_bytes, st.integers(0, 2**31 - 1), st.booleans())
-def test_small_channel_weight_grad_matches_the_reference(conv, chunk, seed, fewer_rows):
-    xs, ws, geo, out = conv
-    if fewer_rows and out[0] > 1:          # gy may cover fewer output rows than x allows
-        out = (out[0] - 1, out[1])
-    rng = np.random.default_rng(seed)
-    x, gy = rand(rng, xs), rand(rng, (xs[0], ws[0]) + out)
-    cv.CHUNK_BYTES = chunk
-    assert_close(cv._conv_weight_grad_small(x, gy, geo, ws), cv._conv_weight_grad(x, gy, geo, ws))
-
-
-@settings(max_examples=60)
-@given(convs(stride_one=True), chunk_bytes, st.integers(0, 2**31 - 1))
-def test_small_channel_input_grad_matches_col2im(conv, chunk, seed):
-    xs, ws, geo, out = conv
-    rng = np.random.default_rng(seed)
-    gy, w = rand(rng, (xs[0], ws[0]) + out), rand(rng, ws)
-    cv.CHUNK_BYTES = chunk
-    assert_close(cv._conv_input_grad_small(gy, w, geo, xs), cv._conv_input_grad(gy, w, geo, xs))
-
-
-@settings(max_examples=60)
-@given(convs(stride_one=True), chunk_bytes, st.integers(0, 2**31 - 1), st.booleans())
-def test_few_output_forward_matches_the_reference(conv, chunk, seed, bias):
-    xs, ws, geo, out = conv
-    rng = np.random.default_rng(seed)
-    x, w = rand(rng, xs), rand(rng, ws)
-    b = rand(rng, ws[0]) if bias else None
-    cv.CHUNK_BYTES = chunk
-    assert_close(cv._conv_forward_few(x, w, b, geo, out), cv._conv_forward(x, w, b, geo, out)[0])
-
-
-@settings(max_examples=60)
-@given(convs(stride_one=True), chunk_bytes, st.integers(0, 2**31 - 1), st.booleans())
-def test_few_output_weight_grad_matches_the_reference(conv, chunk, seed, fewer_rows):
-    xs, ws, geo, out = conv
-    if fewer_rows and out[0] > 1:          # gy may cover fewer output rows than x allows
-        out = (out[0] - 1, out[1])
-    rng = np.random.default_rng(seed)
-    x, gy = rand(rng, xs), rand(rng, (xs[0], ws[0]) + out)
-    cv.CHUNK_BYTES = chunk
-    assert_close(cv._conv_weight_grad_few(x, gy, geo, ws), cv._conv_weight_grad(x, gy, geo, ws))
+    assert_close(fn(x, gy, geo, ws), cv._conv_weight_grad(x, gy, geo, ws))
 
 
 def test_small_channel_taps_are_the_strided_slices():

@@ -329,14 +329,20 @@ def _conv_input_grad_gather(gy, w, geo, x_shape):
     """
     N, C, H, W = x_shape
     F, _, kh, kw = w.shape
+    wm = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 2, 3, 0)).reshape(C, kh * kw * F)
+    gx = _conv_nhwc_into(gy, _gather_pads(gy, w, geo, x_shape), wm, kh, kw, (1, 1), geo.dilation, (H, W))
+    fast_calls["input_grad"] += 1
+    return gx
+
+
+def _gather_pads(gy, w, geo, x_shape):
+    """(top, bottom, left, right): the zero padding of gy (negative: crop) that the gather reads."""
+    H, W = x_shape[2:]
+    kh, kw = w.shape[2:]
     (dh, dw), (ph, pw) = geo.dilation, geo.padding
     OH, OW = gy.shape[2:]
     top, left = dh * (kh - 1) - ph, dw * (kw - 1) - pw
-    pads = (top, H + dh * (kh - 1) - top - OH, left, W + dw * (kw - 1) - left - OW)
-    wm = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 2, 3, 0)).reshape(C, kh * kw * F)
-    gx = _conv_nhwc_into(gy, pads, wm, kh, kw, (1, 1), geo.dilation, (H, W))
-    fast_calls["input_grad"] += 1
-    return gx
+    return (top, H + dh * (kh - 1) - top - OH, left, W + dw * (kw - 1) - left - OW)
 
 
 # buys: col2im in cache, no (kh*kw, P, C) tap tensor (W3's stride-2 convs: same at 1 thread, ~3x at 2 on a busy CPU)
@@ -509,13 +515,9 @@ def _conv_input_grad_small(gy, w, geo, x_shape):
     out channels swapped) with gy's F channels as the small-channel kernel's input."""
     N, C, H, W = x_shape
     F, _, kh, kw = w.shape
-    (dh, dw), (ph, pw) = geo.dilation, geo.padding
-    OH, OW = gy.shape[2:]
-    top, left = dh * (kh - 1) - ph, dw * (kw - 1) - pw
-    pads = (top, H + dh * (kh - 1) - top - OH, left, W + dw * (kw - 1) - left - OW)
     wm = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(C, F * kh * kw)
     fast_calls["small_channels"] += 1
-    return _conv_nchw_small_into(gy, pads, wm, kh, kw, (1, 1), geo.dilation, (H, W))
+    return _conv_nchw_small_into(gy, _gather_pads(gy, w, geo, x_shape), wm, kh, kw, (1, 1), geo.dilation, (H, W))
 
 
 def _conv_weight_grad_small(x, gy, geo, w_shape):
