@@ -447,7 +447,7 @@ def _is_1x1(w_shape, geo, hw_a, hw_b):
 
 # buys: for few input channels (image layers, C = 1, 3, 4) the products W (F, C*kh*kw) @ taps
 # (C*kh*kw, OH*OW) land in NCHW directly: no im2col copy of kw*C-entry runs, no transpose of the
-# output (W2's first layer forward 1.18 -> 0.70 ms, W3's stem 1.81 -> 0.59 ms: benchmarks/README.md)
+# output (W2's first layer forward 1.05 -> 0.42 ms, W3's stem 1.72 -> 0.57 ms: benchmarks/README.md)
 SMALL_CHANNELS = 4   # input channels up to this take the small-channel kernels
 MACS_PER_WORK = 128  # they tell split_batch their work as multiply-adds / 128: its threshold (2^18) is then
                      # 2^25 multiply-adds (W3's stem, 1.4e7, took 0.57 ms on one thread, 0.82 ms split)
