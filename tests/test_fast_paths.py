@@ -493,5 +493,24 @@ def test_batch_and_group_norm_backwards_take_their_own_paths(monkeypatch):
     assert taken[1:] == ["_group_normalize_backward"]
     F.layer_norm(x, 3, mg.tensor(np.ones(3), requires_grad=True)).sum().backward()
     assert taken[2:] == ["_normalize_backward"]
-    assert not norm._sums_over_pooled_axes((4, 6, 3), (0, 2), (6, 3), (6, 1))   # varies along a pooled axis
-    assert norm._sums_over_pooled_axes((4, 6, 3), (0, 2), (6, 1), None)
+    w63, w61, w231 = np.ones((6, 3)), np.ones((6, 1)), np.ones((2, 3, 1))
+    assert norm._layout((4, 6, 3), (0, 2), w63, w61) is None       # varies along a pooled axis: general path
+    assert norm._layout((4, 6, 3), (0, 2), w61, None) == "batch"
+    assert norm._layout((4, 2, 3, 5), (2, 3), w231, None) == "group"
+    assert norm._layout((4, 2, 3, 5), (2, 3), np.ones((2, 3, 5))) is None
+
+
+def test_batch_pooled_normalize_with_a_weight_along_a_pooled_axis_takes_the_general_path():
+    # the batch-norm layout needs (C, 1) parameters; a weight that varies along L must not take it
+    from minigen.functional import norm
+    rng = np.random.default_rng(14)
+    x64, w64, gy64 = rng.standard_normal((4, 6, 3)), rng.standard_normal((6, 3)), rng.standard_normal((4, 6, 3))
+    mu, var = x64.mean((0, 2), keepdims=True), x64.var((0, 2), keepdims=True)
+    grads = []
+    for create_graph in (False, True):
+        x, w = mg.tensor(x64, requires_grad=True), mg.tensor(w64, requires_grad=True)
+        y = norm.Normalize((0, 2), 1e-5, True, False)(x, w)
+        np.testing.assert_allclose(y.numpy(), (x64 - mu) / np.sqrt(var + 1e-5) * w64, rtol=1e-12)
+        grads.append(mg.grad(y, [x, w], grad_outputs=mg.tensor(gy64), create_graph=create_graph))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-11, atol=1e-12)

@@ -109,6 +109,12 @@ class _Geometry:
     def __init__(self, stride, padding, dilation, groups):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
 
+    @property
+    def pads(self):
+        """The padding as (top, bottom, left, right), the form the chunked kernels take."""
+        (ph, pw) = self.padding
+        return ph, ph, pw, pw
+
 
 def _check_geometry(op, stride, padding, dilation, groups):
     if min(stride) < 1:
@@ -257,6 +263,15 @@ def _chunk_bytes(split):
     return min(CHUNK_BYTES, SPLIT_CHUNK_BYTES) if split else CHUNK_BYTES
 
 
+def _cropped(x, pads):
+    """(the part of x (NCHW) inside the padding ``pads`` = (top, bottom, left, right), where it starts in
+    the padded image): a negative pad crops x on that side."""
+    H, W = x.shape[2:]
+    top, bottom, left, right = pads
+    src = x[:, :, max(0, -top):H - max(0, -bottom), max(0, -left):W - max(0, -right)]
+    return src, (max(0, top), max(0, left))
+
+
 def _chunks(x, pads, kh, kw, stride, dilation, out_hw, chunk_bytes=None):
     """Yield (n0, n, cols): cols (n, OH*OW, K) are the im2col rows of images n0..n0+n-1 of x.
 
@@ -270,8 +285,7 @@ def _chunks(x, pads, kh, kw, stride, dilation, out_hw, chunk_bytes=None):
     Q, K = OH * OW, kh * kw * C
     step = max(1, min(N, (chunk_bytes or CHUNK_BYTES) // (Q * K * x.itemsize)))
     padded = np.zeros((step, H + top + bottom, W + left + right, C), dtype=x.dtype)  # border stays 0
-    src = x[:, :, max(0, -top):H - max(0, -bottom), max(0, -left):W - max(0, -right)]
-    r, c = max(0, top), max(0, left)
+    src, (r, c) = _cropped(x, pads)
     inner = padded[:, r:r + src.shape[2], c:c + src.shape[3], :]
     s_n, s_h, s_w, s_c = padded.strides
     windows = np.lib.stride_tricks.as_strided(
@@ -310,9 +324,8 @@ def _conv_nhwc_into(x, pads, wm, kh, kw, stride, dilation, out_hw):
 def _conv_forward_chunked(x, w, b, geo, out_hw):
     """_conv_forward (groups 1, NumPy), im2col chunk by chunk; returns y only."""
     F, C, kh, kw = w.shape
-    (ph, pw) = geo.padding
     wm = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(F, kh * kw * C)   # (F, K) rows (kh, kw, C)
-    y = _conv_nhwc_into(x, (ph, ph, pw, pw), wm, kh, kw, geo.stride, geo.dilation, out_hw)
+    y = _conv_nhwc_into(x, geo.pads, wm, kh, kw, geo.stride, geo.dilation, out_hw)
     if b is not None:
         y += b.reshape(1, F, 1, 1)
     fast_calls["forward"] += 1
@@ -384,14 +397,13 @@ def _conv_input_grad_chunked(gy, w, geo, x_shape):
 def _conv_weight_grad_chunked(x, gy, geo, w_shape):
     """_conv_weight_grad (groups 1, NumPy): gW (F, K) += gy_chunk (F, n*OH*OW) @ cols_chunk."""
     F, C, kh, kw = w_shape
-    (ph, pw) = geo.padding
     N = x.shape[0]
     Q = gy.shape[2] * gy.shape[3]
     gyq = gy.reshape(N, F, Q)
 
     def run(a, b):     # this range's share of gW
         gw = np.zeros((F, kh * kw * C), dtype=np.result_type(x, gy))
-        for n0, n, cols in _chunks(x[a:b], (ph, ph, pw, pw), kh, kw, geo.stride, geo.dilation, gy.shape[2:],
+        for n0, n, cols in _chunks(x[a:b], geo.pads, kh, kw, geo.stride, geo.dilation, gy.shape[2:],
                                    _chunk_bytes(b - a < N)):
             g = gyq[a + n0:a + n0 + n].transpose(1, 0, 2).reshape(F, n * Q)    # a small copy (one chunk of gy)
             gw += g @ cols.reshape(n * Q, -1)
@@ -469,8 +481,7 @@ def _taps(x, pads, kh, kw, stride, dilation, out_hw, chunk_bytes):
     OH, OW = out_hw
     step = max(1, min(N, chunk_bytes // (C * kh * kw * OH * OW * x.itemsize)))
     padded = np.zeros((step, C, H + top + bottom, W + left + right), dtype=x.dtype)   # the border stays 0
-    src = x[:, :, max(0, -top):H - max(0, -bottom), max(0, -left):W - max(0, -right)]
-    r, c = max(0, top), max(0, left)
+    src, (r, c) = _cropped(x, pads)
     taps = np.empty((step, C, kh, kw, OH, OW), dtype=x.dtype)
     for n0 in range(0, N, step):
         n = min(step, N - n0)
@@ -500,9 +511,7 @@ def _conv_nchw_small_into(x, pads, wm, kh, kw, stride, dilation, out_hw):
 def _conv_forward_small(x, w, b, geo, out_hw):
     """_conv_forward (groups 1, NumPy, C <= SMALL_CHANNELS): y[n] (F, OH*OW) = W (F, K) @ taps[n]."""
     F, C, kh, kw = w.shape
-    (ph, pw) = geo.padding
-    y = _conv_nchw_small_into(x, (ph, ph, pw, pw), w.reshape(F, C * kh * kw), kh, kw, geo.stride, geo.dilation,
-                              out_hw)
+    y = _conv_nchw_small_into(x, geo.pads, w.reshape(F, C * kh * kw), kh, kw, geo.stride, geo.dilation, out_hw)
     if b is not None:
         y += b.reshape(1, F, 1, 1)
     fast_calls["small_channels"] += 1
@@ -529,8 +538,8 @@ def _conv_weight_grad_small(x, gy, geo, w_shape):
 
     def run(a, b):     # this range's share of gW
         gw = np.zeros((F, C * kh * kw), dtype=np.result_type(x, gy))
-        for n0, n, taps in _taps(x[a:b], (geo.padding[0],) * 2 + (geo.padding[1],) * 2, kh, kw, geo.stride,
-                                  geo.dilation, gy.shape[2:], _chunk_bytes(b - a < N)):
+        for n0, n, taps in _taps(x[a:b], geo.pads, kh, kw, geo.stride, geo.dilation, gy.shape[2:],
+                                  _chunk_bytes(b - a < N)):
             gw += np.matmul(gyq[a + n0:a + n0 + n], taps.transpose(0, 2, 1)).sum(0)
         return gw
     gw = sum_parts(_small_split(run, N, N * Q * C * kh * kw * F))
@@ -542,9 +551,14 @@ def _conv_weight_grad_small(x, gy, geo, w_shape):
 # image reads the padded image once for all kh*kw taps, Z = W_taps (kh*kw*F, C) @ xpad (C, Hp*Wp),
 # and the taps' planes are added at their shifts: no im2col of kh*kw times the input for F = 1
 # (W6's last layer (256, 32, 28, 28) -> 1: forward 14.5 -> 5.0 ms: benchmarks/README.md)
-def _few_geometry(x_shape, geo):
+def _few_buffers(x, geo, rows, a, b):
+    """For images a..b of x: (step, padded, (Hp, Wp)): images per chunk, so that the chunk's padded
+    images and its ``rows`` planes (kh*kw*F of them) fit the column buffer, and a zero-padded buffer."""
+    N, C, H, W = x.shape
     (ph, pw) = geo.padding
-    return x_shape[2] + 2 * ph, x_shape[3] + 2 * pw
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    step = max(1, min(b - a, _chunk_bytes(b - a < N) // ((C + rows) * Hp * Wp * x.itemsize)))
+    return step, np.zeros((step, C, Hp, Wp), dtype=x.dtype), (Hp, Wp)        # the border stays 0
 
 
 def _conv_forward_few(x, w, b, geo, out_hw):
@@ -554,13 +568,11 @@ def _conv_forward_few(x, w, b, geo, out_hw):
     F, _, kh, kw = w.shape
     (ph, pw), (dh, dw) = geo.padding, geo.dilation
     OH, OW = out_hw
-    Hp, Wp = _few_geometry(x.shape, geo)
     wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw * F, C)   # rows (i, j, f)
     y = np.empty((N, F, OH, OW), dtype=np.result_type(x, w))
 
     def run(a, b_):
-        step = max(1, min(b_ - a, _chunk_bytes(b_ - a < N) // ((C + kh * kw * F) * Hp * Wp * x.itemsize)))
-        padded = np.zeros((step, C, Hp, Wp), dtype=x.dtype)                    # the border stays 0
+        step, padded, (Hp, Wp) = _few_buffers(x, geo, kh * kw * F, a, b_)
         z = np.empty((step, kh * kw * F, Hp * Wp), dtype=y.dtype)
         for n0 in range(a, b_, step):
             n = min(step, b_ - n0)
@@ -587,11 +599,9 @@ def _conv_weight_grad_few(x, gy, geo, w_shape):
     F, _, kh, kw = w_shape
     (ph, pw), (dh, dw) = geo.padding, geo.dilation
     OH, OW = gy.shape[2:]
-    Hp, Wp = _few_geometry(x.shape, geo)
 
     def run(a, b):     # this range's share of gW
-        step = max(1, min(b - a, _chunk_bytes(b - a < N) // ((C + kh * kw * F) * Hp * Wp * x.itemsize)))
-        padded = np.zeros((step, C, Hp, Wp), dtype=x.dtype)
+        step, padded, (Hp, Wp) = _few_buffers(x, geo, kh * kw * F, a, b)
         gz = np.zeros((step, kh, kw, F, Hp, Wp), dtype=gy.dtype)              # zero outside each shift
         gw = np.zeros((kh * kw * F, C), dtype=np.result_type(x, gy))
         for n0 in range(a, b, step):

@@ -542,19 +542,24 @@ class LeakyReLU(Function):
         # ((64, 64, 14, 14) fwd+bwd: benchmarks/README.md)
         slope = x.dtype.type(self.slope)
         if is_grad_enabled():
-            mask = xp.sign(x)
-            return gy * _const(xp.maximum(mask, slope, out=mask))
+            return gy * _const(_leaky_slope_into(x, slope, xp.empty_like(x)))
         g = _array(gy.data)
         gx = xp.empty(x.shape, dtype=xp.result_type(x, g))
         if g.shape != x.shape:
             g = xp.broadcast_to(g, x.shape)
 
         def chain(x_, g_, out):
-            xp.sign(x_, out=out)
-            xp.maximum(out, slope, out=out)
+            _leaky_slope_into(x_, slope, out)
             out *= g_
         split_elementwise(chain, x, g, gx)
         return Tensor(gx)
+
+
+def _leaky_slope_into(x, slope, out):
+    """LeakyReLU's derivative for 0 < slope <= 1 into ``out``: max(sign(x), slope), i.e. 1 where x > 0, slope elsewhere."""
+    xp = xp_of(x)
+    xp.sign(x, out=out)
+    return xp.maximum(out, slope, out=out)
 
 
 def leaky_relu(x, negative_slope=0.01):

@@ -74,8 +74,9 @@ class Normalize(Function):
         else:
             xhat = xp.empty_like(x)
             y = xhat if weight is None and bias is None else xp.empty(x.shape, xp.result_type(x, *params))
-        if self.axes == (0, 2) and x.ndim == 3:    # batch norm: statistics over the batch
-            stats = [_batch_normalize_into(x, self.eps, weight, bias, xhat, y)]
+        if _layout(x.shape, self.axes, *params) == "batch":    # statistics over the batch
+            stats = [_normalize_into(x, self.axes, self.eps, weight, bias, xhat, y, flat=_batch_rows(x.shape),
+                                     each=_in_halves)]
         else:
             stats = _over_batch(lambda a, b: _normalize_into(x[a:b], self.axes, self.eps, weight, bias,
                                                              None if xhat is None else xhat[a:b], y[a:b]),
@@ -134,10 +135,11 @@ class Normalize(Function):
 
         w_shape = None if weight is None else weight.shape
         b_shape = None if bias is None else bias.shape
-        if axes == (0, 2) and gy.ndim == 3 and _sums_over_pooled_axes(gy.shape, axes, w_shape, b_shape):
+        layout = _layout(gy.shape, axes, weight, bias)
+        if layout == "batch":
             gw, gb = _batch_normalize_backward(gy, xhat, rstd, wdata, need, w_shape, b_shape, gx)
         else:
-            group = axes == (2, 3) and gy.ndim == 4 and all(p in (None, gy.shape[1:3] + (1,)) for p in (w_shape, b_shape))
+            group = layout == "group"
 
             def run(a, b):
                 if group:
@@ -151,6 +153,18 @@ class Normalize(Function):
         out += (None if gw is None else Tensor(gw),) if self.has_weight else ()
         out += (None if gb is None else Tensor(gb),) if self.has_bias else ()
         return out
+
+
+def _layout(shape, axes, *params):
+    """Which special layout x of ``shape``, pooled over ``axes``, has with its parameters (arrays,
+    Tensors or None): "batch" for batch norm's (N, C, L) over (0, 2) with (C, 1) parameters, "group"
+    for group norm's (N, G, C/G, L) over (2, 3) with (G, C/G, 1) ones, None for any other."""
+    shapes = {tuple(p.shape) for p in params if p is not None}
+    if len(shape) == 3 and tuple(axes) == (0, 2) and shapes <= {(shape[1], 1)}:
+        return "batch"
+    if len(shape) == 4 and tuple(axes) == (2, 3) and shapes <= {(shape[1], shape[2], 1)}:
+        return "group"
+    return None
 
 
 def _coefficient_size(shape, axes, weight):
@@ -180,22 +194,38 @@ def _in_halves(run, a):
         run(0, a.shape[0])
 
 
-def _normalize_into(x, axes, eps, weight, bias, xhat, y):
+def _same(a):
+    return a
+
+
+def _whole(run, a):
+    run(0, a.shape[0])
+
+
+def _normalize_into(x, axes, eps, weight, bias, xhat, y, flat=_same, each=_whole):
     """xhat = (x - mean) * rstd and y = weight * xhat + bias into the given arrays; returns
     (mean, var, rstd).  y may be xhat itself (no weight, no bias).  With xhat None (nothing
-    to keep for a backward), y = (x - mean) * (rstd * weight) + bias, built in y."""
+    to keep for a backward), y = (x - mean) * (rstd * weight) + bias, built in y.
+
+    The passes after the mean see every array through ``flat`` and run through ``each(run, a)``
+    (run(lo, hi) on rows lo:hi of a's first axis): as they are and at once for group and layer
+    norm, as contiguous rows (``_batch_rows``) in two halves on two threads (``_in_halves``) for
+    batch norm, whose statistics pool over the batch so that it cannot be split as a whole."""
     xp = backend.xp_of(x)
     mean = _pooled_mean(x, axes)
     centred = y if xhat is None else xhat
-    xp.subtract(x, mean, out=centred)
+    xp.subtract(flat(x), flat(mean), out=flat(centred))
     # Two passes (subtract the mean, then average the squares): E[x^2] - E[x]^2
     # would cancel catastrophically when |mean| >> std.
     var = _pooled_mean(centred, axes, centred)
     rstd = 1 / xp.sqrt(var + x.dtype.type(eps))
+    y2, b2 = flat(y), flat(bias)
     if xhat is None:
-        _affine_(y, rstd if weight is None else rstd * weight, bias)
+        coef = flat(rstd if weight is None else rstd * weight)
+        each(lambda a, b: _affine_(y2[a:b], coef, b2), y2)
     else:
-        _scale_into(xhat, rstd, weight, bias, y)
+        xhat2, r2, w2 = flat(xhat), flat(rstd), flat(weight)
+        each(lambda a, b: _scale_into(xhat2[a:b], r2, w2, b2, y2[a:b]), xhat2)
     return mean, var, rstd
 
 
@@ -227,26 +257,17 @@ def _rows(c, shape):
 
 
 # buys: NumPy's passes over contiguous rows of C*L entries instead of runs of L beside a broadcast
-# coefficient (1.3-1.5x faster per pass), the last ones in two halves on two threads
-# (batch norm (64, 64, 14, 14) forward: benchmarks/README.md)
-def _batch_normalize_into(x, eps, weight, bias, xhat, y):
-    """_normalize_into for batch norm: x (N, C, L) pooled over axes (0, 2), with every
-    per-channel coefficient laid out as a full row (``_rows``) against x as (N, C*L)."""
-    xp = backend.xp_of(x)
-    N, C, L = shape = x.shape
-    mean = _pooled_mean(x, (0, 2))
-    centred = y if xhat is None else xhat
-    xp.subtract(x.reshape(N, C * L), _rows(mean, shape), out=centred.reshape(N, C * L))
-    var = _pooled_mean(centred, (0, 2), centred)
-    rstd = 1 / xp.sqrt(var + x.dtype.type(eps))
-    y2, b2 = y.reshape(N, C * L), _rows(bias, shape)
-    if xhat is None:
-        coef = _rows(rstd if weight is None else rstd * weight, shape)
-        _in_halves(lambda a, b: _affine_(y2[a:b], coef, b2), y2)
-    else:
-        xhat2, r2, w2 = xhat.reshape(N, C * L), _rows(rstd, shape), _rows(weight, shape)
-        _in_halves(lambda a, b: _scale_into(xhat2[a:b], r2, w2, b2, y2[a:b]), xhat2)
-    return mean, var, rstd
+# coefficient (1.3-1.5x faster per pass; batch norm (64, 64, 14, 14) forward: benchmarks/README.md)
+def _batch_rows(shape):
+    """``flat`` for batch norm's x of ``shape`` (N, C, L): x-sized arrays viewed as (N, C*L), per-channel
+    coefficients as full rows (``_rows``)."""
+    N = shape[0]
+
+    def flat(a):
+        if a is None or a.shape != shape:
+            return _rows(a, shape)
+        return a.reshape(N, -1)
+    return flat
 
 
 def _normalize_backward(gy, xhat, rstd, weight, axes, need, w_shape, b_shape, gx):
@@ -299,18 +320,6 @@ def _group_normalize_backward(gy, xhat, rstd, weight, need, gx):
     gw = s2.sum(0).reshape(G, Cg, 1) if need[1] else None
     gb = s1.sum(0).reshape(G, Cg, 1) if need[2] else None
     return gw, gb
-
-
-def _sums_over_pooled_axes(shape, axes, *param_shapes):
-    """Whether each parameter shape (None: absent) broadcasts against ``shape`` along exactly the
-    pooled ``axes`` (batch norm's (C, 1) against (N, C, L)): its gradient is then a sum over them."""
-    pooled = {i for i in axes if shape[i] != 1}
-    for p in param_shapes:
-        if p is not None:
-            full = (1,) * (len(shape) - len(p)) + tuple(p)
-            if {i for i in range(len(shape)) if full[i] == 1 and shape[i] != 1} != pooled:
-                return False
-    return True
 
 
 # buys: two reductions instead of four, and the full-size passes over contiguous rows on two
