@@ -168,6 +168,25 @@ def test_silu_fast_path_matches_the_formula_in_ops(request, threads):
     np.testing.assert_allclose(fast.numpy(), gy64 * s * (1 + x64 * (1 - s)), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("threads", ["one_thread", "two_threads"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_silu_without_a_graph_is_the_direct_formula(request, monkeypatch, threads, dtype):
+    # nothing recorded (no_grad, or no input that needs a gradient): y = x / (1 + e^-x), no sigma kept
+    request.getfixturevalue(threads)
+    x64 = np.random.default_rng(5).uniform(-30, 30, (8, 4, 5, 5))
+    kept = []
+    monkeypatch.setattr(fm, "_silu_fused", lambda *a: kept.append(1))      # the recording forward
+    calls = fm.split_calls
+    with mg.no_grad():
+        y = F.silu(mg.tensor(x64.astype(dtype), requires_grad=True))
+    y2 = F.silu(mg.tensor(x64.astype(dtype)))
+    assert kept == [] and fm.split_calls == calls + (2 if threads == "two_threads" else 0)
+    assert not y.requires_grad and y.dtype == dtype and np.array_equal(y.numpy(), y2.numpy())
+    xr = x64.astype(dtype).astype(np.float64)                            # the inputs as given
+    np.testing.assert_allclose(y.numpy(), xr / (1 + np.exp(-xr)),
+                               rtol=1e-6 if dtype == np.float32 else 1e-13, atol=1e-30)
+
+
 # ----------------------------------------------------------------------------
 # linear's plain backward on arrays (minigen/functional/linalg.py)
 # ----------------------------------------------------------------------------

@@ -576,7 +576,11 @@ class SiLU(Function):
     def forward(self, x):
         x = _array(x)
         xp = xp_of(x)
-        self.s, y = xp.empty_like(x), xp.empty_like(x)   # s = sigma(x), kept for the backward
+        y = xp.empty_like(x)
+        if not self.recording:                           # nothing to keep: y = x / (1 + e^-x) directly
+            split_elementwise(_silu_direct, x, y)
+            return y
+        self.s = xp.empty_like(x)                        # s = sigma(x), kept for the backward
         split_elementwise(_silu_fused, x, self.s, y)
         return y
 
@@ -593,6 +597,19 @@ def _silu_fused(x, s, y):
     """SiLU's forward into s = sigma(x) and y = x s (on two threads where ``split_elementwise`` splits)."""
     _sigmoid_array(x, out=s)
     xp_of(x).multiply(x, s, out=y)
+
+
+# buys: under no_grad (sampling) 4 passes and one array instead of 5 and two: W6's (256, 32, 28, 28)
+# 5.6 -> 4.4 ms, (256, 96, 28, 28) 24.9 -> 18.3 ms (benchmarks/README.md)
+def _silu_direct(x, y):
+    """y = x / (1 + e^-x) = x sigma(x), SiLU's forward when no backward needs sigma(x).  Where e^-x
+    overflows (x below about -88 in float32) y is x / inf = -0, the true value rounded."""
+    xp = xp_of(x)
+    xp.negative(x, out=y)
+    with np.errstate(over="ignore"):
+        xp.exp(y, out=y)
+    y += 1
+    xp.divide(x, y, out=y)
 
 
 def _silu_slope_into(y, s, slope):
