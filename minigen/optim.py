@@ -244,6 +244,10 @@ class SGD(Optimizer):
         b <- g (first step),  then  b <- momentum * b + (1 - dampening) * g
         d <- g + momentum * b  (nesterov)  or  b   (else)
         w <- w - lr * d
+
+    Where a gradient stays 0, b shrinks by ``momentum`` every step, as Adam's moments do; it is
+    flushed the same way (``_flush_subnormal`` every ``FLUSH_EVERY`` steps, see ``Adam``), on a step
+    count kept beside it.
     """
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
@@ -273,6 +277,10 @@ class SGD(Optimizer):
                     buf += d
                 else:
                     buf += xp.multiply(d, 1 - group["dampening"], out=tmp)
+            # the count starts with the buffer (a state saved before it existed counts from its load)
+            state["step"] = state.get("step", 0) + 1
+            if state["step"] % FLUSH_EVERY == 0:
+                _flush_subnormal(buf, momentum)
             if group["nesterov"]:
                 d = xp.multiply(buf, momentum, out=tmp)
                 d += g if wd == 0 else self._scratch.get(w, 1)

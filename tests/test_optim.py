@@ -472,16 +472,21 @@ def test_flush_subnormal_zeroes_only_what_could_turn_subnormal(dtype):
     assert c[0] == dtype(tiny / 2)
 
 
-def test_adam_moments_of_a_dead_coordinate_never_turn_subnormal(monkeypatch):
-    # one gradient, then zeros: m shrinks by 0.9 a step and would be subnormal from about step 840
+@pytest.mark.parametrize("make, moment", [
+    (lambda ps: optim.Adam(ps, lr=1e-3), "exp_avg"),
+    (lambda ps: optim.SGD(ps, lr=1e-3, momentum=0.9), "momentum_buffer"),
+    (lambda ps: optim.SGD(ps, lr=1e-3, momentum=0.9, dampening=0.5), "momentum_buffer"),
+], ids=["adam", "sgd-momentum", "sgd-dampened"])
+def test_moments_of_a_dead_coordinate_never_turn_subnormal(monkeypatch, make, moment):
+    # one gradient, then zeros: the moment shrinks by 0.9 a step and would be subnormal from about step 840
     def run():
         w = mg.tensor(np.array([1.0, -0.5], np.float32), requires_grad=True)
-        opt = optim.Adam([w], lr=1e-3)
+        opt = make([w])
         seen = 0
         for t in range(1000):
             w.grad = mg.tensor(np.array([0.3, -0.2], np.float32) if t == 0 else np.zeros(2, np.float32))
             opt.step()
-            m = opt.state[w]["exp_avg"]
+            m = opt.state[w][moment]
             seen += int(((m != 0) & (np.abs(m) < np.finfo(np.float32).tiny)).sum())
         return w.numpy(), seen
     w_flushed, seen_flushed = run()
