@@ -216,6 +216,10 @@ def test_floor_command_line(capsys):
         assert r["products"] == (1 if r["variant"] == "fwd" else 3) and r["numpy_products_ms"] > 0
         if _has_torch():
             assert r["floor_ratio"] == pytest.approx(r["numpy_products_ms"] / r["torch_step_ms"], rel=1e-3)
+            rest = r["torch_step_ms"] - r["torch_products_ms"]          # PyTorch's time for all but the products
+            assert r["parity_ratio"] == pytest.approx((r["numpy_products_ms"] + rest) / r["torch_step_ms"], rel=1e-3)
+            if "target" in r:
+                assert r["target_below_parity"] == (r["target"] < r["parity_ratio"])
 
 
 @pytest.mark.parametrize("m, k, n", [(37, 5, 3), (4, 41, 6)])   # long rows; a long inner dimension
