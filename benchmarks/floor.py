@@ -221,7 +221,7 @@ def run_floor(names, settings, twins, torch_device):
                 if row.target is not None:
                     rec["target"] = row.target
                     rec["target_below_floor"] = row.target < rec["floor_ratio"]
-                    if torch_ms is not None:
+                    if "parity_ratio" in rec:
                         rec["target_below_parity"] = row.target < rec["parity_ratio"]
             emit(rec)
     return 0

@@ -279,8 +279,7 @@ class SGD(Optimizer):
                     buf += xp.multiply(d, 1 - group["dampening"], out=tmp)
             # the count starts with the buffer (a state saved before it existed counts from its load)
             state["step"] = state.get("step", 0) + 1
-            if state["step"] % FLUSH_EVERY == 0:
-                _flush_subnormal(buf, momentum)
+            _flush_when_due(state["step"], (buf, momentum))
             if group["nesterov"]:
                 d = xp.multiply(buf, momentum, out=tmp)
                 d += g if wd == 0 else self._scratch.get(w, 1)
@@ -361,12 +360,18 @@ class Adam(Optimizer):
         # buys: on request, large weights on two threads (measured slower by default: benchmarks/README.md)
         split_elementwise(lambda *arrays: _adam_inplace(*arrays, coefs), w, g, m, v, self._scratch.get(w, 0),
                           g_decayed)
-        if t % FLUSH_EVERY == 0:        # on the saved step count, so a resumed run flushes at the same steps
-            _flush_subnormal(m, beta1)
-            _flush_subnormal(v, beta2)
+        _flush_when_due(t, (m, beta1), (v, beta2))
 
 
-FLUSH_EVERY = 16   # steps between two flushes of Adam's moments
+FLUSH_EVERY = 16   # steps between two flushes of Adam's moments and SGD's momentum buffer
+
+
+def _flush_when_due(step, *moments):
+    """``_flush_subnormal(a, decay)`` for each (a, decay) of ``moments`` on every FLUSH_EVERY-th step.
+    ``step`` is the count saved in the optimizer's state, so a resumed run flushes at the same steps."""
+    if step % FLUSH_EVERY == 0:
+        for a, decay in moments:
+            _flush_subnormal(a, decay)
 
 
 def _flush_subnormal(a, decay):
